@@ -1,0 +1,253 @@
+r"""Forward noising processes as Itô SDEs (Song et al., 2021).
+
+Every process here is a linear SDE
+
+.. math::  dx = f(t)\, x\, dt + g(t)\, dW, \qquad x(0) = x_0 \sim p_{\text{data}},
+
+whose transition kernel is Gaussian, so the marginal given the data point is
+
+.. math::  x_t = \alpha(t)\, x_0 + \sigma(t)\, \varepsilon, \qquad \varepsilon \sim N(0, I).
+
+``alpha`` and ``sigma`` follow from the two moment equations
+``alpha' = f alpha`` and ``d(sigma^2)/dt = 2 f sigma^2 + g^2``; each class states its closed
+form and the unit tests check both equations numerically.
+
+- :class:`BrownianSDE` -- ``dx = sqrt(2) dW``: ``alpha = 1``, ``sigma^2 = 2 t``. The density of
+  ``x_t`` solves the heat equation ``dp/dt = Laplacian p``: the book's seed example.
+- :class:`VESDE` -- variance exploding, ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``
+  (Song et al.'s convention; see the class docstring for the ``sigma_min^2`` it ignores).
+- :class:`VPSDE` -- variance preserving, ``dx = -beta(t)/2 x dt + sqrt(beta(t)) dW``, the
+  continuous limit of DDPM (Ho et al., 2020).
+- :class:`SubVPSDE` -- same drift, ``g^2 = beta(t) (1 - exp(-2 int_0^t beta))``: its variance
+  ``(1 - alpha^2)^2`` stays below the VP one.
+
+Calling convention: ``x`` is ``(B, *dims)``; ``t`` is a float or a ``(B,)`` tensor in ``[0, T]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .utils import append_dims, check_finite
+
+__all__ = ["SDE", "BrownianSDE", "VESDE", "VPSDE", "SubVPSDE"]
+
+
+class SDE:
+    """Base class of a linear forward SDE ``dx = f(t) x dt + g(t) dW`` on ``[0, T]``.
+
+    Subclasses define :meth:`drift_coef` (``f(t)``), :meth:`diffusion` (``g(t)``),
+    :meth:`marginal` (``alpha(t), sigma(t)``) and ``prior_std``.
+    ``t_eps`` is the smallest time a sampler stops at: where ``sigma(0) = 0`` the score is
+    singular at ``t = 0``.
+    """
+
+    T: float = 1.0
+    t_eps: float = 1e-3
+    prior_std: float = 1.0
+
+    # -- to be defined by each process -------------------------------------------------------
+    def drift_coef(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def diffusion(self, t: float | torch.Tensor) -> torch.Tensor:
+        """``g(t)``, same shape as ``t``."""
+        raise NotImplementedError
+
+    def marginal(self, t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(alpha(t), sigma(t))`` of ``x_t = alpha x_0 + sigma eps``, each shaped like ``t``."""
+        raise NotImplementedError
+
+    # -- shared by every process -------------------------------------------------------------
+    def drift(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        """``f(x, t) = f(t) x``, same shape as ``x``."""
+        t = self._time(t, batch=x.shape[0])
+        return append_dims(self.drift_coef(t), x.ndim).to(x.dtype) * x
+
+    def perturb(
+        self, x0: torch.Tensor, t: float | torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample ``x_t = alpha(t) x_0 + sigma(t) eps`` and return ``(x_t, eps)``.
+
+        Examples
+        --------
+        >>> sde = BrownianSDE()
+        >>> xt, eps = sde.perturb(torch.zeros(3, 2), 0.5, generator=torch.Generator().manual_seed(0))
+        >>> torch.allclose(xt, eps)   # sigma(0.5) = sqrt(2 * 0.5) = 1
+        True
+        """
+        if not torch.is_tensor(x0) or x0.ndim < 1:
+            raise ValueError(f"x0 must be a tensor of shape (B, *dims), got {x0!r:.60}")
+        check_finite(x0, "x0")
+        t = self._time(t, batch=x0.shape[0])
+        alpha, sigma = self.marginal(t)
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        xt = append_dims(alpha, x0.ndim).to(x0) * x0 + append_dims(sigma, x0.ndim).to(x0) * eps
+        return xt, eps
+
+    def prior_sample(
+        self, shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Sample the reference distribution ``N(0, prior_std^2 I)`` that stands in for ``p_T``."""
+        return self.prior_std * torch.randn(tuple(shape), generator=generator)
+
+    def prior_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``log N(x; 0, prior_std^2 I)`` per example, shape ``(B,)``."""
+        d = x[0].numel()
+        sq = x.flatten(1).pow(2).sum(1)
+        return -0.5 * sq / self.prior_std**2 - 0.5 * d * math.log(2 * math.pi * self.prior_std**2)
+
+    def reverse_drift(self, x: torch.Tensor, t: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+        """Drift of the reverse-time SDE (Anderson, 1982): ``f(x, t) - g(t)^2 score``."""
+        g = append_dims(self._g(t, x), x.ndim)
+        return self.drift(x, t) - g**2 * score
+
+    def ode_drift(self, x: torch.Tensor, t: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+        """Velocity of the probability-flow ODE (Song et al., 2021, Eq. 13):
+        ``f(x, t) - g(t)^2 score / 2``."""
+        g = append_dims(self._g(t, x), x.ndim)
+        return self.drift(x, t) - 0.5 * g**2 * score
+
+    def _g(self, t, x):
+        return self.diffusion(self._time(t, batch=x.shape[0])).to(x.dtype)
+
+    def _time(self, t: float | torch.Tensor, batch: int | None = None) -> torch.Tensor:
+        """Validate ``t`` in ``[0, T]``; return a tensor (``(batch,)`` when ``batch`` is given)."""
+        t = torch.as_tensor(t, dtype=torch.float64 if not torch.is_tensor(t) else None)
+        if t.ndim > 1:
+            raise ValueError(f"t must be a float or a (B,) tensor, got shape {tuple(t.shape)}")
+        if torch.isnan(t).any():
+            raise ValueError("t must not be NaN")
+        tol = 1e-6 * self.T
+        if (t < -tol).any() or (t > self.T + tol).any():
+            raise ValueError(
+                f"t must lie in [0, T] = [0, {self.T}], got values in "
+                f"[{t.min().item():.6g}, {t.max().item():.6g}]"
+            )
+        if batch is not None:
+            if t.ndim == 0:
+                t = t.expand(batch)
+            elif t.shape[0] != batch:
+                raise ValueError(f"t must have shape ({batch},) to match x, got {tuple(t.shape)}")
+        return t
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+class BrownianSDE(SDE):
+    r"""Brownian noising ``dx = sqrt(2) dW``: ``x_t = x_0 + sqrt(2 t) eps``.
+
+    The noised density ``p_t = p_0 * N(0, 2t I)`` solves the heat equation
+    ``dp/dt = Laplacian p`` (the Fokker-Planck equation with zero drift and ``g^2 / 2 = 1``).
+
+    ``prior_sample`` draws ``N(0, 2T I)``, the law of ``x_T`` for ``x_0 = 0``; for data of
+    variance ``v`` the true ``p_T`` has variance ``2T + v``, so choose ``T`` with ``2T >> v``.
+    """
+
+    def __init__(self, T: float = 1.0):
+        if not T > 0:
+            raise ValueError(f"T must be > 0, got {T}")
+        self.T = float(T)
+        self.t_eps = 5e-5  # sigma(t_eps) = 0.01
+        self.prior_std = math.sqrt(2 * self.T)
+
+    def drift_coef(self, t):
+        return torch.zeros_like(torch.as_tensor(t, dtype=torch.float64))
+
+    def diffusion(self, t):
+        t = self._time(t)
+        return torch.full_like(t, math.sqrt(2.0), dtype=torch.float64)
+
+    def marginal(self, t):
+        t = self._time(t).double()
+        return torch.ones_like(t), torch.sqrt(2 * t)
+
+
+class VESDE(SDE):
+    r"""Variance-exploding SDE (Song et al., 2021; the continuous NCSN of Song & Ermon, 2019).
+
+    ``sigma(t) = sigma_min (sigma_max / sigma_min)^t`` and
+    ``g(t) = sigma(t) sqrt(2 log(sigma_max / sigma_min))``, so ``d(sigma^2)/dt = g^2``.
+
+    Convention: the SDE started from ``x_0`` at ``t = 0`` has variance
+    ``sigma(t)^2 - sigma_min^2``; like Song et al.'s code, :meth:`marginal` returns
+    ``sigma(t)``, i.e. the data are taken as already smoothed by ``sigma_min``.
+    """
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, T: float = 1.0):
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(
+                f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"
+            )
+        self.sigma_min, self.sigma_max, self.T = float(sigma_min), float(sigma_max), float(T)
+        self.t_eps = 1e-5
+        self.prior_std = self.sigma_max
+
+    def _sigma(self, t):
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** (t / self.T)
+
+    def drift_coef(self, t):
+        return torch.zeros_like(torch.as_tensor(t, dtype=torch.float64))
+
+    def diffusion(self, t):
+        t = self._time(t).double()
+        return self._sigma(t) * math.sqrt(2 * math.log(self.sigma_max / self.sigma_min) / self.T)
+
+    def marginal(self, t):
+        t = self._time(t).double()
+        return torch.ones_like(t), self._sigma(t)
+
+
+class VPSDE(SDE):
+    r"""Variance-preserving SDE, the continuous-time DDPM (Song et al., 2021, Eq. 11).
+
+    ``beta(t) = beta_min + t (beta_max - beta_min)``, ``dx = -beta(t) x / 2 dt + sqrt(beta(t)) dW``,
+    ``log alpha(t) = -t^2 (beta_max - beta_min) / 4 - t beta_min / 2`` and
+    ``sigma(t)^2 = 1 - alpha(t)^2``: with unit-variance data, ``x_t`` keeps unit variance.
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0):
+        if not 0 < beta_min <= beta_max:
+            raise ValueError(
+                f"need 0 < beta_min <= beta_max, got beta_min={beta_min}, beta_max={beta_max}"
+            )
+        self.beta_min, self.beta_max, self.T = float(beta_min), float(beta_max), float(T)
+        self.t_eps = 1e-3
+        self.prior_std = 1.0
+
+    def beta(self, t: float | torch.Tensor) -> torch.Tensor:
+        t = self._time(t).double() / self.T
+        return (self.beta_min + t * (self.beta_max - self.beta_min)) / self.T
+
+    def log_alpha(self, t: float | torch.Tensor) -> torch.Tensor:
+        """``log alpha(t) = -1/2 int_0^t beta(s) ds``."""
+        t = self._time(t).double() / self.T
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def drift_coef(self, t):
+        return -0.5 * self.beta(t)
+
+    def diffusion(self, t):
+        return torch.sqrt(self.beta(t))
+
+    def marginal(self, t):
+        la = self.log_alpha(t)
+        return torch.exp(la), torch.sqrt(-torch.expm1(2 * la))
+
+
+class SubVPSDE(VPSDE):
+    r"""Sub-VP SDE (Song et al., 2021, Eq. 12): the VP drift with
+    ``g(t)^2 = beta(t) (1 - exp(-2 int_0^t beta))``, so that ``sigma(t) = 1 - alpha(t)^2``,
+    below the VP ``sqrt(1 - alpha^2)`` at every ``t``."""
+
+    def diffusion(self, t):
+        la = self.log_alpha(t)  # int_0^t beta = -2 log alpha
+        return torch.sqrt(self.beta(t) * -torch.expm1(4 * la))
+
+    def marginal(self, t):
+        la = self.log_alpha(t)
+        return torch.exp(la), -torch.expm1(2 * la)

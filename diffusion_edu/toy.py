@@ -1,0 +1,229 @@
+r"""Toy data: Gaussian mixtures with exact scores at every noise level, and 2-D point clouds.
+
+A mixture of isotropic Gaussians ``p_0 = sum_k w_k N(mu_k, s_k^2 I)`` stays a mixture under
+the forward process ``x_t = alpha x_0 + sigma eps``:
+
+.. math::  p_t(x) = \sum_k w_k\, N\!\big(x;\ \alpha \mu_k,\ v_k I\big), \qquad
+           v_k = \alpha^2 s_k^2 + \sigma^2 .
+
+With responsibilities ``r_k(x) = w_k N_k(x) / p_t(x)`` the exact score and the exact denoiser
+(posterior mean, Tweedie's formula) are
+
+.. math::  \nabla \log p_t(x) = -\sum_k r_k(x)\, \frac{x - \alpha \mu_k}{v_k}, \qquad
+           E[x_0 \mid x_t = x] = \sum_k r_k(x) \Big(\mu_k + \frac{\alpha s_k^2}{v_k}(x - \alpha\mu_k)\Big)
+           = \frac{x + \sigma^2 \nabla \log p_t(x)}{\alpha}.
+
+These are the ground truth that learned scores and samplers are measured against.
+The 2-D data sets (two moons, swiss roll, checkerboard, eight Gaussians) are generated from an
+explicit ``torch.Generator``; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from .sde import SDE
+from .utils import append_dims, check_finite
+
+__all__ = [
+    "GaussianMixture",
+    "eight_gaussians_mixture",
+    "two_moons",
+    "swiss_roll",
+    "checkerboard",
+    "eight_gaussians",
+]
+
+
+class GaussianMixture:
+    """Mixture of isotropic Gaussians ``sum_k w_k N(mu_k, s_k^2 I)`` in ``D`` dimensions.
+
+    Parameters
+    ----------
+    means : (K, D) tensor-like
+    stds : float or (K,) tensor-like, the per-component standard deviations ``s_k > 0``
+    weights : (K,) tensor-like or None (uniform); normalised to sum to one
+
+    Examples
+    --------
+    >>> gm = GaussianMixture([[-2.0, 0.0], [2.0, 0.0]], stds=0.5)
+    >>> x = gm.sample(1000, generator=torch.Generator().manual_seed(0))
+    >>> x.shape
+    torch.Size([1000, 2])
+    """
+
+    def __init__(self, means, stds, weights=None):
+        means = torch.as_tensor(means, dtype=torch.float64)
+        if means.ndim != 2:
+            raise ValueError(f"means must have shape (K, D), got {tuple(means.shape)}")
+        K = means.shape[0]
+        stds = torch.as_tensor(stds, dtype=torch.float64)
+        if stds.ndim == 0:
+            stds = stds.expand(K).clone()
+        if stds.shape != (K,):
+            raise ValueError(f"stds must be a float or shape ({K},), got {tuple(stds.shape)}")
+        if not (stds > 0).all():
+            raise ValueError(f"stds must be > 0, got {stds.tolist()}")
+        if weights is None:
+            weights = torch.full((K,), 1.0 / K, dtype=torch.float64)
+        weights = torch.as_tensor(weights, dtype=torch.float64)
+        if weights.shape != (K,) or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(
+                f"weights must be non-negative of shape ({K},), got {weights.tolist()}"
+            )
+        for name, v in (("means", means), ("stds", stds), ("weights", weights)):
+            check_finite(v, name)
+        self.means, self.stds, self.weights = means, stds, weights / weights.sum()
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def mean(self) -> torch.Tensor:
+        """Mean of the mixture, ``(D,)``."""
+        return self.weights @ self.means
+
+    def cov(self) -> torch.Tensor:
+        """Covariance of the mixture, ``(D, D)``: ``sum_k w_k (s_k^2 I + mu_k mu_k^T) - m m^T``."""
+        m = self.mean()
+        second = (self.weights[:, None, None] * self.means[:, :, None] * self.means[:, None, :]).sum(0)
+        return second + (self.weights * self.stds**2).sum() * torch.eye(self.dim, dtype=torch.float64) - torch.outer(m, m)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw ``n`` points, ``(n, D)`` float32."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        return (self.means[k] + self.stds[k, None] * z).float()
+
+    # -- densities and scores of the noised mixture ------------------------------------------
+    def _components(self, x: torch.Tensor, alpha, sigma):
+        """Log of ``w_k N(x; alpha mu_k, v_k I)`` as ``(B, K)``, plus ``v`` ``(B, K)`` and
+        the centred points ``x - alpha mu_k`` as ``(B, K, D)``, all in float64."""
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
+        check_finite(x, "x")
+        x = x.double()
+        B = x.shape[0]
+        alpha = torch.as_tensor(alpha, dtype=torch.float64).expand(B)[:, None]  # (B, 1)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).expand(B)[:, None]  # (B, 1)
+        v = alpha**2 * self.stds**2 + sigma**2  # (B, K)
+        diff = x[:, None, :] - alpha[:, :, None] * self.means  # (B, K, D)
+        logc = (
+            torch.log(self.weights)
+            - 0.5 * diff.pow(2).sum(-1) / v
+            - 0.5 * self.dim * torch.log(2 * math.pi * v)
+        )
+        return logc, v, diff, alpha
+
+    def log_prob(self, x: torch.Tensor, alpha=1.0, sigma=0.0) -> torch.Tensor:
+        """``log p(x)`` of the mixture noised to ``alpha x_0 + sigma eps`` (default: the data),
+        shape ``(B,)`` float64."""
+        logc, *_ = self._components(x, alpha, sigma)
+        return torch.logsumexp(logc, dim=1)
+
+    def score(self, x: torch.Tensor, alpha=1.0, sigma=0.0) -> torch.Tensor:
+        """Exact ``grad_x log p_t(x)`` of the noised mixture, ``(B, D)`` in ``x``'s dtype."""
+        logc, v, diff, _ = self._components(x, alpha, sigma)
+        r = torch.softmax(logc, dim=1)  # responsibilities (B, K)
+        return -(r[:, :, None] * diff / v[:, :, None]).sum(1).to(x.dtype)
+
+    def denoise(self, x: torch.Tensor, alpha=1.0, sigma=0.0) -> torch.Tensor:
+        """Exact posterior mean ``E[x_0 | x_t = x]``, ``(B, D)``, computed per component."""
+        logc, v, diff, alpha_ = self._components(x, alpha, sigma)
+        r = torch.softmax(logc, dim=1)  # (B, K)
+        post = self.means + (alpha_ * self.stds**2 / v)[:, :, None] * diff  # (B, K, D)
+        return (r[:, :, None] * post).sum(1).to(x.dtype)
+
+    def score_fn(self, sde: SDE) -> Callable[[torch.Tensor, float | torch.Tensor], torch.Tensor]:
+        """The exact score of ``p_t`` under ``sde`` as a callable ``score(x, t)``."""
+
+        def score(x, t):
+            alpha, sigma = sde.marginal(sde._time(t, batch=x.shape[0]))
+            return self.score(x, alpha, sigma)
+
+        return score
+
+    def denoiser_fn(self, sde: SDE) -> Callable[[torch.Tensor, float | torch.Tensor], torch.Tensor]:
+        """The exact denoiser ``E[x_0 | x_t]`` under ``sde`` as a callable ``D(x, t)``."""
+
+        def denoiser(x, t):
+            alpha, sigma = sde.marginal(sde._time(t, batch=x.shape[0]))
+            return self.denoise(x, alpha, sigma)
+
+        return denoiser
+
+    def log_prob_fn(self, sde: SDE) -> Callable[[torch.Tensor, float | torch.Tensor], torch.Tensor]:
+        """``log p_t(x)`` under ``sde`` as a callable ``log_p(x, t)``."""
+
+        def log_p(x, t):
+            alpha, sigma = sde.marginal(sde._time(t, batch=x.shape[0]))
+            return self.log_prob(x, alpha, sigma)
+
+        return log_p
+
+    def eps_fn(self, alphas_cumprod: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The exact noise prediction ``eps(x, n) = -sqrt(1 - abar_n) score`` for a discrete
+        DDPM schedule, called with integer indices ``n`` into ``alphas_cumprod``."""
+        abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+
+        def eps(x, n):
+            n = torch.as_tensor(n).long().expand(x.shape[0])
+            a = abar[n]
+            s = torch.sqrt(1 - a)
+            return (-append_dims(s, x.ndim) * self.score(x, torch.sqrt(a), s).double()).to(x.dtype)
+
+        return eps
+
+    def __repr__(self) -> str:
+        return f"GaussianMixture(K={len(self.weights)}, D={self.dim})"
+
+
+def eight_gaussians_mixture(radius: float = 2.0, std: float = 0.2) -> GaussianMixture:
+    """Eight equal-weight Gaussians on a circle of ``radius``: a standard 2-D test bed."""
+    angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
+    means = radius * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+    return GaussianMixture(means, std)
+
+
+def eight_gaussians(n: int, generator: torch.Generator | None = None, radius=2.0, std=0.2):
+    """``n`` points from :func:`eight_gaussians_mixture`, ``(n, 2)``."""
+    return eight_gaussians_mixture(radius, std).sample(n, generator=generator)
+
+
+def two_moons(n: int, generator: torch.Generator | None = None, noise: float = 0.05) -> torch.Tensor:
+    """Two interleaved half circles (as scikit-learn's ``make_moons``), centred, ``(n, 2)``."""
+    _check_n(n)
+    upper = torch.rand(n, generator=generator) < 0.5
+    theta = math.pi * torch.rand(n, generator=generator)
+    x = torch.where(upper, torch.cos(theta), 1 - torch.cos(theta))
+    y = torch.where(upper, torch.sin(theta), 0.5 - torch.sin(theta))
+    pts = torch.stack([x - 0.5, y - 0.25], dim=1)
+    return pts + noise * torch.randn(n, 2, generator=generator)
+
+
+def swiss_roll(n: int, generator: torch.Generator | None = None, noise: float = 0.05) -> torch.Tensor:
+    """A 2-D swiss roll ``r(theta) (cos theta, sin theta)``, scaled to about unit spread."""
+    _check_n(n)
+    theta = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=generator))
+    pts = torch.stack([theta * torch.cos(theta), theta * torch.sin(theta)], dim=1) / 5.0
+    return pts + noise * torch.randn(n, 2, generator=generator)
+
+
+def checkerboard(n: int, generator: torch.Generator | None = None, size: int = 4) -> torch.Tensor:
+    """Uniform on the dark squares of a ``size x size`` checkerboard on ``[-2, 2]^2``."""
+    _check_n(n)
+    cell = 4.0 / size
+    i = torch.randint(size, (n,), generator=generator)
+    j = torch.randint(size // 2, (n,), generator=generator) * 2 + (i % 2)
+    u = torch.rand(n, 2, generator=generator)
+    return torch.stack([i, j], dim=1).float() * cell - 2.0 + u * cell
+
+
+def _check_n(n):
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")

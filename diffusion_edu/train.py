@@ -1,0 +1,182 @@
+r"""Training: a plain loop with a progress bar, an exponential moving average (EMA) of the
+weights, and checkpoints that are written atomically and can never run code when loaded.
+
+EMA (Polyak averaging as used by Ho et al., 2020; Song et al., 2021):
+``theta_ema <- decay * theta_ema + (1 - decay) * theta`` after every optimiser step.
+
+Checkpoints hold only tensors, numbers and strings, are written to a temporary file and then
+renamed over the target (a crash never leaves half a file), and are read with
+``torch.load(weights_only=True)``. A model is rebuilt from its class name, looked up in the
+explicit table :data:`MODEL_CLASSES`, and its ``config`` dict of constructor arguments.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .nets.mlp import TimeMLP
+from .utils import check_finite
+
+__all__ = ["EMA", "TrainResult", "train", "save_model", "load_model", "MODEL_CLASSES"]
+
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"TimeMLP": TimeMLP}
+
+
+class EMA:
+    """Exponential moving average of a model's parameters, kept in ``self.model``."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.999):
+        if not 0 <= decay < 1:
+            raise ValueError(f"decay must lie in [0, 1), got {decay}")
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for p_ema, p in zip(self.model.parameters(), model.parameters()):
+            p_ema.lerp_(p.detach(), 1 - self.decay)  # p_ema <- decay p_ema + (1 - decay) p
+        for b_ema, b in zip(self.model.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    ema_model: nn.Module
+    losses: list[float] = field(default_factory=list)
+
+
+def train(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor],
+    data: torch.Tensor | Callable[[int, torch.Generator], torch.Tensor],
+    steps: int,
+    *,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    ema_decay: float = 0.999,
+    grad_clip: float | None = 1.0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 1000,
+    progress: bool = True,
+) -> TrainResult:
+    """Minimise ``loss_fn(model, x0_batch, generator)`` with Adam for ``steps`` steps.
+
+    Parameters
+    ----------
+    data : a ``(N, *dims)`` tensor (batches drawn with replacement) or a callable
+        ``data(n, generator)`` that returns a fresh batch ``(n, *dims)``
+    checkpoint : path of a training checkpoint; if it exists, training resumes from it
+        (model, EMA, optimiser, step, losses and generator state). It is written every
+        ``checkpoint_every`` steps, at the end, and when the loop is interrupted.
+
+    Returns
+    -------
+    TrainResult with the trained ``model``, its ``ema_model`` and the per-step ``losses``.
+    """
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    if torch.is_tensor(data):
+        check_finite(data, "data")
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    ema = EMA(model, ema_decay)
+    result = TrainResult(model, ema.model)
+    start = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        ema.model.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        start, result.losses = state["step"], list(state["losses"])
+
+    def save_state(step, generator_state):
+        if checkpoint is not None:
+            _atomic_save(dict(model=model.state_dict(), ema=ema.model.state_dict(),
+                              optimizer=opt.state_dict(), generator=generator_state,
+                              step=step, losses=result.losses), checkpoint)
+
+    step = start
+    bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc="train")
+    try:
+        for step in bar:
+            step_start_state = generator.get_state()  # an interrupted step is replayed from here
+            x0 = _batch(data, batch_size, generator).to(device)
+            loss = loss_fn(model, x0, generator)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            opt.step()
+            ema.update(model)
+            result.losses.append(loss.item())
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            if checkpoint is not None and (step + 1) % checkpoint_every == 0:
+                save_state(step + 1, generator.get_state())
+        step = max(steps, start)
+    except KeyboardInterrupt:
+        save_state(step, step_start_state)  # nothing lost: the same call resumes from here
+        raise
+    save_state(step, generator.get_state())
+    model.eval()
+    return result
+
+
+def _batch(data, n, generator):
+    if torch.is_tensor(data):
+        idx = torch.randint(len(data), (n,), generator=generator)
+        return data[idx]
+    return data(n, generator)
+
+
+def save_model(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write ``model`` (class name, ``config`` and weights) atomically to ``path``."""
+    name = type(model).__name__
+    if name not in MODEL_CLASSES or not hasattr(model, "config"):
+        raise ValueError(
+            f"model must be one of {sorted(MODEL_CLASSES)} with a .config, got {name}"
+        )
+    _atomic_save({"class": name, "config": dict(model.config), "state_dict": model.state_dict()}, path)
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model saved by :func:`save_model`; loads with ``weights_only=True``."""
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(state, dict) or state.get("class") not in MODEL_CLASSES:
+        raise ValueError(f"{path} is not a checkpoint written by save_model")
+    model = MODEL_CLASSES[state["class"]](**state["config"])
+    model.load_state_dict(state["state_dict"])
+    return model.eval()
+
+
+def _atomic_save(obj, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -1,0 +1,104 @@
+"""Training loop, EMA, resumable checkpoints, and safe model files."""
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from diffusion_edu.losses import dsm_loss
+from diffusion_edu.nets import TimeMLP
+from diffusion_edu.sde import VPSDE
+from diffusion_edu.toy import GaussianMixture
+from diffusion_edu.train import EMA, load_model, save_model, train
+
+GM = GaussianMixture([[-1.0, 0.0], [1.0, 0.0]], stds=0.3)
+SDE = VPSDE()
+
+
+def loss_fn(model, x0, gen):
+    return dsm_loss(model, x0, SDE, generator=gen)
+
+
+def _run(steps, checkpoint=None, seed=0, interrupt_at=None):
+    torch.manual_seed(0)
+    model = TimeMLP(dim=2, hidden=32, depth=2)
+    data = GM.sample(512, generator=torch.Generator().manual_seed(1))
+
+    def fn(m, x0, g, count=[0]):
+        count[0] += 1
+        if interrupt_at is not None and count[0] == interrupt_at + 1:
+            raise KeyboardInterrupt
+        return loss_fn(m, x0, g)
+
+    return train(model, fn, data, steps, batch_size=64, lr=3e-3, ema_decay=0.9,
+                 generator=torch.Generator().manual_seed(seed), checkpoint=checkpoint,
+                 checkpoint_every=5, progress=False)
+
+
+def test_loss_decreases():
+    res = _run(300)
+    first, last = sum(res.losses[:30]) / 30, sum(res.losses[-30:]) / 30
+    assert last < 0.8 * first
+
+
+def test_resume_is_exact(tmp_path):
+    """Interrupted at step 7, resumed to 20: identical losses and weights to a straight run."""
+    straight = _run(20)
+    ck = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        _run(20, checkpoint=ck, interrupt_at=7)
+    assert torch.load(ck, weights_only=True)["step"] == 7
+    resumed = _run(20, checkpoint=ck)
+    assert resumed.losses == straight.losses
+    for a, b in zip(resumed.model.parameters(), straight.model.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(resumed.ema_model.parameters(), straight.ema_model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_ema_formula():
+    m = torch.nn.Linear(2, 1)
+    ema = EMA(m, decay=0.9)
+    before = [p.clone() for p in ema.model.parameters()]
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(1.0)
+    ema.update(m)
+    for e, b, p in zip(ema.model.parameters(), before, m.parameters()):
+        assert torch.allclose(e, 0.9 * b + 0.1 * p)
+    with pytest.raises(ValueError, match="decay"):
+        EMA(m, decay=1.0)
+
+
+def test_save_load_round_trip_is_atomic(tmp_path):
+    net = TimeMLP(dim=2, hidden=16, depth=1)
+    path = tmp_path / "sub" / "model.pt"
+    save_model(net, path)
+    assert sorted(os.listdir(path.parent)) == ["model.pt"]  # no temporary file left behind
+    loaded = load_model(path)
+    x, t = torch.randn(4, 2), torch.rand(4)
+    assert torch.equal(loaded(x, t), net(x, t)) and loaded.config == net.config
+    with pytest.raises(ValueError, match="model must be one of"):
+        save_model(torch.nn.Linear(2, 2), tmp_path / "x.pt")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_checkpoint_cannot_run_code(tmp_path):
+    """A pickle that would call os.system is refused by weights_only loading."""
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"class": "TimeMLP", "payload": _Evil()}, f)
+    with pytest.raises(pickle.UnpicklingError):
+        load_model(path)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="steps must be a non-negative int"):
+        train(TimeMLP(), loss_fn, torch.zeros(4, 2), -1)
+    with pytest.raises(ValueError, match="data must be finite"):
+        train(TimeMLP(), loss_fn, torch.full((4, 2), float("nan")), 1)

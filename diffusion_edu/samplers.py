@@ -80,7 +80,7 @@ def probability_flow(
     times = _grid(sde, steps, t_eps, x)
     B = x.shape[0]
     for i in range(len(times) - 1):
-        t, t_next = (s.expand(B).to(x.dtype) for s in (times[i], times[i + 1]))
+        t, t_next = (s.expand(B).to(x) for s in (times[i], times[i + 1]))
         dt = (times[i + 1] - times[i]).item()  # negative
         d = sde.ode_drift(x, t, score_fn(x, t))
         x_euler = x + d * dt  # Euler step
@@ -107,7 +107,7 @@ def predictor_corrector(
         raise ValueError(f"snr must be > 0, got {snr}")
     times = _grid(sde, steps, t_eps, x)
     for i in range(len(times) - 1):
-        tb = times[i].expand(x.shape[0]).to(x.dtype)
+        tb = times[i].expand(x.shape[0]).to(x)
         for _ in range(corrector_steps):  # Langevin corrector at time t
             s = score_fn(x, tb)
             z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
@@ -192,7 +192,7 @@ def ddim(
 # -- helpers -------------------------------------------------------------------------------
 def _em_step(score_fn, sde, x, t, t_next, generator, noise=True):
     """One reverse Euler-Maruyama step from ``t`` down to ``t_next < t``."""
-    tb = t.expand(x.shape[0]).to(x.dtype)
+    tb = t.expand(x.shape[0]).to(x)
     h = (t - t_next).item()
     mean = x - sde.reverse_drift(x, tb, score_fn(x, tb)) * h  # Euler step backwards in time
     if not noise:

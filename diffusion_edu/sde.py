@@ -64,7 +64,7 @@ class SDE:
     def drift(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         """``f(x, t) = f(t) x``, same shape as ``x``."""
         t = self._time(t, batch=x.shape[0])
-        return append_dims(self.drift_coef(t), x.ndim).to(x.dtype) * x
+        return append_dims(self.drift_coef(t), x.ndim).to(x) * x
 
     def perturb(
         self, x0: torch.Tensor, t: float | torch.Tensor, generator: torch.Generator | None = None
@@ -111,7 +111,7 @@ class SDE:
         return self.drift(x, t) - 0.5 * g**2 * score
 
     def _g(self, t, x):
-        return self.diffusion(self._time(t, batch=x.shape[0])).to(x.dtype)
+        return self.diffusion(self._time(t, batch=x.shape[0])).to(x)
 
     def _time(self, t: float | torch.Tensor, batch: int | None = None) -> torch.Tensor:
         """Validate ``t`` in ``[0, T]``; return a tensor (``(batch,)`` when ``batch`` is given)."""

@@ -108,13 +108,14 @@ class GaussianMixture:
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
         check_finite(x, "x")
         x = x.double()
-        B = x.shape[0]
-        alpha = torch.as_tensor(alpha, dtype=torch.float64).expand(B)[:, None]  # (B, 1)
-        sigma = torch.as_tensor(sigma, dtype=torch.float64).expand(B)[:, None]  # (B, 1)
-        v = alpha**2 * self.stds**2 + sigma**2  # (B, K)
-        diff = x[:, None, :] - alpha[:, :, None] * self.means  # (B, K, D)
+        B, dev = x.shape[0], x.device
+        means, stds, weights = self.means.to(dev), self.stds.to(dev), self.weights.to(dev)
+        alpha = torch.as_tensor(alpha, dtype=torch.float64, device=dev).expand(B)[:, None]  # (B, 1)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=dev).expand(B)[:, None]  # (B, 1)
+        v = alpha**2 * stds**2 + sigma**2  # (B, K)
+        diff = x[:, None, :] - alpha[:, :, None] * means  # (B, K, D)
         logc = (
-            torch.log(self.weights)
+            torch.log(weights)
             - 0.5 * diff.pow(2).sum(-1) / v
             - 0.5 * self.dim * torch.log(2 * math.pi * v)
         )
@@ -136,7 +137,8 @@ class GaussianMixture:
         """Exact posterior mean ``E[x_0 | x_t = x]``, ``(B, D)``, computed per component."""
         logc, v, diff, alpha_ = self._components(x, alpha, sigma)
         r = torch.softmax(logc, dim=1)  # (B, K)
-        post = self.means + (alpha_ * self.stds**2 / v)[:, :, None] * diff  # (B, K, D)
+        means, stds = self.means.to(x.device), self.stds.to(x.device)
+        post = means + (alpha_ * stds**2 / v)[:, :, None] * diff  # (B, K, D)
         return (r[:, :, None] * post).sum(1).to(x.dtype)
 
     def score_fn(self, sde: SDE) -> Callable[[torch.Tensor, float | torch.Tensor], torch.Tensor]:
@@ -173,7 +175,7 @@ class GaussianMixture:
 
         def eps(x, n):
             n = torch.as_tensor(n).long().expand(x.shape[0])
-            a = abar[n]
+            a = abar.to(x.device)[n.to(x.device)]
             s = torch.sqrt(1 - a)
             return (-append_dims(s, x.ndim) * self.score(x, torch.sqrt(a), s).double()).to(x.dtype)
 

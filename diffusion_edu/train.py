@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bar: no widget dependency in notebooks or on the website
 
 from .nets.mlp import TimeMLP
 from .utils import check_finite

@@ -4,7 +4,10 @@
 #   make setup   create .venv and install the package with the test and compare extras
 #   make test    run every test: unit tests and every notebook (quick budgets)
 #   make lab     open the chapter notebooks in JupyterLab
-#   make book    (placeholder) the website arrives with the website issue
+#   make book    execute the notebooks and build the website into book/_build/html
+#                (full budgets; DIFFUSION_EDU_QUICK=1 make book for the quick build)
+#   make book-test  build the book in quick mode and check every page in headless Chromium
+#   make student student copies of the notebooks (solutions stubbed) in student/
 #   make strip   strip outputs from notebooks/*.ipynb before committing
 #   make clean   remove caches and build outputs (keeps .venv; `make distclean` removes it too)
 
@@ -23,12 +26,18 @@ PYTEST_ARGS ?=
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STAMP_NOTEBOOKS := $(VENV)/.installed-notebooks
+STAMP_BOOK := $(VENV)/.installed-book
+# MathJax 3 from the npm registry, served by the site itself (no CDN).
+MATHJAX_VERSION ?= 3.2.2
+MATHJAX := book/.npm/node_modules/mathjax/es5/tex-chtml.js
+# One execution cache per budget, so a quick build never serves a full one (and back).
+BOOK_MODE := $(if $(filter 1 true yes on,$(DIFFUSION_EDU_QUICK)),quick,full)
 
 # Quick budgets, one torch thread per worker (two workers on two cores),
 # no display, and jupyter's platformdirs (silences a deprecation warning).
 TEST_ENV := DIFFUSION_EDU_QUICK=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg JUPYTER_PLATFORM_DIRS=1
 
-.PHONY: setup test lab book clean distclean strip
+.PHONY: setup test lab book book-test student clean distclean strip
 
 setup: $(STAMP)
 
@@ -51,17 +60,35 @@ $(STAMP_NOTEBOOKS): $(STAMP)
 lab: $(STAMP_NOTEBOOKS)
 	$(VENV)/bin/jupyter lab notebooks/
 
-book:
-	@echo "make book: the Jupyter Book website is not built yet; it arrives with the website issue."
-	@echo "Nothing was built. Read the chapters in notebooks/ (make lab)."
-	@exit 1
+$(STAMP_BOOK): $(STAMP)
+	$(VPY) -m pip install -e ".[test,compare,book]"
+	touch $@
+
+$(MATHJAX):
+	npm install --prefix book/.npm --no-audit --no-fund --no-save mathjax@$(MATHJAX_VERSION)
+
+book: $(STAMP_BOOK) $(MATHJAX)
+	mkdir -p book/_build/.jupyter_cache-$(BOOK_MODE) && ln -sfn .jupyter_cache-$(BOOK_MODE) book/_build/.jupyter_cache
+	@echo "== building the book with $(BOOK_MODE) budgets"
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg JUPYTER_PLATFORM_DIRS=1 \
+		$(VENV)/bin/jupyter-book build book -W -n --keep-going
+	rm -rf book/_build/html/_static/mathjax
+	cp -r book/.npm/node_modules/mathjax/es5 book/_build/html/_static/mathjax
+
+# The website test: quick build, then every page in headless Chromium (Debian's `chromium`).
+book-test:
+	DIFFUSION_EDU_QUICK=1 $(MAKE) book
+	DIFFUSION_EDU_REQUIRE_BOOK=1 $(VPY) -m pytest -p no:cacheprovider tests/test_site.py $(PYTEST_ARGS)
+
+student: $(STAMP)
+	$(VPY) tools/make_student.py notebooks student
 
 strip: $(STAMP)
 	$(VENV)/bin/nbstripout notebooks/*.ipynb
 
 clean:
-	rm -rf book/_build build dist .pytest_cache .hypothesis *.egg-info
+	rm -rf book/_build student build dist .pytest_cache .hypothesis *.egg-info
 	find . -path ./$(VENV) -prune -o -type d \( -name __pycache__ -o -name .ipynb_checkpoints \) -print -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) book/.npm

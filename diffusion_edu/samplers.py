@@ -194,11 +194,12 @@ def _em_step(score_fn, sde, x, t, t_next, generator, noise=True):
     """One reverse Euler-Maruyama step from ``t`` down to ``t_next < t``."""
     tb = t.expand(x.shape[0]).to(x)
     h = (t - t_next).item()
-    mean = x - sde.reverse_drift(x, tb, score_fn(x, tb)) * h  # Euler step backwards in time
+    g = append_dims(sde.diffusion(tb), x.ndim).to(x)  # g(t), one value for drift and noise
+    mean = x - (sde.drift(x, tb) - g**2 * score_fn(x, tb)) * h  # Euler step backwards in time
     if not noise:
         return mean
     z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    return mean + sde.diffusion(t).item() * math.sqrt(h) * z  # Brownian increment
+    return mean + g * math.sqrt(h) * z  # Brownian increment
 
 
 def _grid(sde: SDE, steps, t_eps, x) -> torch.Tensor:

@@ -80,6 +80,9 @@ def train(
     checkpoint : path of a training checkpoint; if it exists, training resumes from it
         (model, EMA, optimiser, step, losses and generator state). It is written every
         ``checkpoint_every`` steps, at the end, and when the loop is interrupted.
+        Resuming *sets* ``generator`` to the saved state, so that an interrupted and resumed
+        run draws exactly the numbers of an uninterrupted one: draws made from the same
+        generator between two calls are replayed. Give other work its own generator.
 
     Returns
     -------

@@ -30,7 +30,9 @@ STAMP_BOOK := $(VENV)/.installed-book
 # MathJax 3 from the npm registry, served by the site itself (no CDN).
 MATHJAX_VERSION ?= 3.2.2
 MATHJAX := book/.npm/node_modules/mathjax/es5/tex-chtml.js
-# One execution cache per budget, so a quick build never serves a full one (and back).
+# One execution cache per budget, so a quick build never serves a full one (and back);
+# `--all` makes Sphinx re-read every page (seconds), while jupyter-cache still skips
+# executing a chapter whose code has not changed since the last build with that budget.
 BOOK_MODE := $(if $(filter 1 true yes on,$(DIFFUSION_EDU_QUICK)),quick,full)
 
 # Quick budgets, one torch thread per worker (two workers on two cores),
@@ -71,7 +73,7 @@ book: $(STAMP_BOOK) $(MATHJAX)
 	mkdir -p book/_build/.jupyter_cache-$(BOOK_MODE) && ln -sfn .jupyter_cache-$(BOOK_MODE) book/_build/.jupyter_cache
 	@echo "== building the book with $(BOOK_MODE) budgets"
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg JUPYTER_PLATFORM_DIRS=1 \
-		$(VENV)/bin/jupyter-book build book -W -n --keep-going
+		$(VENV)/bin/jupyter-book build book --all -W -n --keep-going
 	rm -rf book/_build/html/_static/mathjax
 	cp -r book/.npm/node_modules/mathjax/es5 book/_build/html/_static/mathjax
 

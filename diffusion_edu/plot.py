@@ -24,6 +24,17 @@ def _ax(ax):
     return ax
 
 
+def _square(ax, lim, title):
+    """Equal axes on ``[-lim, lim]^2`` (no limits if ``lim`` is None) and an optional title."""
+    if lim is not None:
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
 def grid2d(lim: float = 3.0, n: int = 200) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """A square grid on ``[-lim, lim]^2``: ``(points (n*n, 2) float64, X, Y)``."""
     xs = np.linspace(-lim, lim, n)
@@ -38,13 +49,7 @@ def scatter2d(x, ax=None, *, lim: float | None = 3.0, s: float = 2.0, alpha: flo
     ax = _ax(ax)
     p = _np(x)
     ax.scatter(p[:, 0], p[:, 1], s=s, alpha=alpha, **kw)
-    if lim is not None:
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-    ax.set_aspect("equal")
-    if title:
-        ax.set_title(title)
-    return ax
+    return _square(ax, lim, title)
 
 
 def density2d(log_prob: Callable[[torch.Tensor], torch.Tensor], ax=None, *, lim: float = 3.0,
@@ -85,13 +90,7 @@ def trajectories2d(path: Sequence, ax=None, *, n: int = 50, lim: float | None = 
     ax.plot(p[:, :, 0], p[:, :, 1], color=color, lw=0.6, alpha=0.6)
     ax.scatter(p[0, :, 0], p[0, :, 1], s=8, marker="o", color="gray", zorder=3)
     ax.scatter(p[-1, :, 0], p[-1, :, 1], s=14, marker="*", color="k", zorder=3)
-    if lim is not None:
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-    ax.set_aspect("equal")
-    if title:
-        ax.set_title(title)
-    return ax
+    return _square(ax, lim, title)
 
 
 def curves(x, ys: dict, ax=None, *, xlabel: str = "", ylabel: str = "", logx=False, logy=False,

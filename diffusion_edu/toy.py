@@ -13,6 +13,17 @@ With responsibilities ``r_k(x) = w_k N_k(x) / p_t(x)`` the exact score and the e
            E[x_0 \mid x_t = x] = \sum_k r_k(x) \Big(\mu_k + \frac{\alpha s_k^2}{v_k}(x - \alpha\mu_k)\Big)
            = \frac{x + \sigma^2 \nabla \log p_t(x)}{\alpha}.
 
+With full covariances ``p_0 = sum_k w_k N(mu_k, C_k)`` (``covs=`` instead of ``stds=``) the
+same holds with matrices: component ``k`` of ``p_t`` is ``N(alpha mu_k, S_k)``,
+``S_k = alpha^2 C_k + sigma^2 I``, and
+
+.. math::  \nabla \log p_t(x) = -\sum_k r_k(x)\, S_k^{-1} (x - \alpha \mu_k), \qquad
+           E[x_0 \mid x_t = x] = \sum_k r_k(x) \big(\mu_k + \alpha C_k S_k^{-1} (x - \alpha\mu_k)\big).
+
+We diagonalise ``C_k = U_k diag(lambda_k) U_k^T`` once; then ``S_k = U_k diag(alpha^2 lambda_k +
+sigma^2) U_k^T``, and each component is the isotropic formula per coordinate in its own
+eigenbasis, for any per-example ``alpha`` and ``sigma`` at ``O(B K D^2)`` cost.
+
 These are the ground truth that learned scores and samplers are measured against.
 The 2-D data sets (two moons, swiss roll, checkerboard, eight Gaussians) are generated from an
 explicit ``torch.Generator``; nothing is downloaded.
@@ -39,13 +50,19 @@ __all__ = [
 
 
 class GaussianMixture:
-    """Mixture of isotropic Gaussians ``sum_k w_k N(mu_k, s_k^2 I)`` in ``D`` dimensions.
+    """Mixture of Gaussians ``sum_k w_k N(mu_k, s_k^2 I)`` (isotropic, ``stds``) or
+    ``sum_k w_k N(mu_k, C_k)`` (full covariances, ``covs``) in ``D`` dimensions.
 
     Parameters
     ----------
     means : (K, D) tensor-like
-    stds : float or (K,) tensor-like, the per-component standard deviations ``s_k > 0``
+    stds : float or (K,) tensor-like, the per-component standard deviations ``s_k > 0``;
+        or None when ``covs`` is given
     weights : (K,) tensor-like or None (uniform); normalised to sum to one
+    covs : (K, D, D) or (D, D) tensor-like (shared by every component), symmetric positive
+        definite covariances ``C_k``, keyword only, instead of ``stds``
+
+    Exactly one of ``stds`` and ``covs`` is given; the other attribute is None.
 
     Examples
     --------
@@ -53,20 +70,18 @@ class GaussianMixture:
     >>> x = gm.sample(1000, generator=torch.Generator().manual_seed(0))
     >>> x.shape
     torch.Size([1000, 2])
+    >>> ellipses = GaussianMixture([[0.0, 0.0]], covs=[[[1.0, 0.9], [0.9, 1.0]]])
+    >>> ellipses.score(torch.tensor([[1.0, 1.0]]), alpha=1.0, sigma=0.0)  # -C^{-1} x
+    tensor([[-0.5263, -0.5263]])
     """
 
-    def __init__(self, means, stds, weights=None):
+    def __init__(self, means, stds=None, weights=None, *, covs=None):
         means = torch.as_tensor(means, dtype=torch.float64)
         if means.ndim != 2:
             raise ValueError(f"means must have shape (K, D), got {tuple(means.shape)}")
-        K = means.shape[0]
-        stds = torch.as_tensor(stds, dtype=torch.float64)
-        if stds.ndim == 0:
-            stds = stds.expand(K).clone()
-        if stds.shape != (K,):
-            raise ValueError(f"stds must be a float or shape ({K},), got {tuple(stds.shape)}")
-        if not (stds > 0).all():
-            raise ValueError(f"stds must be > 0, got {stds.tolist()}")
+        K, D = means.shape
+        if (stds is None) == (covs is None):
+            raise ValueError("give exactly one of stds (isotropic) and covs (full covariances)")
         if weights is None:
             weights = torch.full((K,), 1.0 / K, dtype=torch.float64)
         weights = torch.as_tensor(weights, dtype=torch.float64)
@@ -74,9 +89,33 @@ class GaussianMixture:
             raise ValueError(
                 f"weights must be non-negative of shape ({K},), got {weights.tolist()}"
             )
-        for name, v in (("means", means), ("stds", stds), ("weights", weights)):
+        self.stds = self.covs = None
+        if stds is not None:
+            stds = torch.as_tensor(stds, dtype=torch.float64)
+            if stds.ndim == 0:
+                stds = stds.expand(K).clone()
+            if stds.shape != (K,):
+                raise ValueError(f"stds must be a float or shape ({K},), got {tuple(stds.shape)}")
+            if not (stds > 0).all():
+                raise ValueError(f"stds must be > 0, got {stds.tolist()}")
+            check_finite(stds, "stds")
+            self.stds = stds
+        else:
+            covs = torch.as_tensor(covs, dtype=torch.float64)
+            if covs.shape == (D, D):
+                covs = covs.expand(K, D, D).clone()
+            if covs.shape != (K, D, D):
+                raise ValueError(f"covs must have shape ({K}, {D}, {D}) or ({D}, {D}), got {tuple(covs.shape)}")
+            check_finite(covs, "covs")
+            if not torch.allclose(covs, covs.transpose(1, 2), atol=1e-12 * (1 + covs.abs().max().item())):
+                raise ValueError("covs must be symmetric")
+            lam, U = torch.linalg.eigh(covs)  # C_k = U_k diag(lam_k) U_k^T
+            if not (lam > 0).all():
+                raise ValueError(f"covs must be positive definite, got eigenvalues down to {lam.min().item():.3g}")
+            self.covs, self._eigvals, self._eigvecs = covs, lam, U  # (K, D, D), (K, D), (K, D, D)
+        for name, v in (("means", means), ("weights", weights)):
             check_finite(v, name)
-        self.means, self.stds, self.weights = means, stds, weights / weights.sum()
+        self.means, self.weights = means, weights / weights.sum()
 
     @property
     def dim(self) -> int:
@@ -87,10 +126,19 @@ class GaussianMixture:
         return self.weights @ self.means
 
     def cov(self) -> torch.Tensor:
-        """Covariance of the mixture, ``(D, D)``: ``sum_k w_k (s_k^2 I + mu_k mu_k^T) - m m^T``."""
+        """Covariance of the mixture, ``(D, D)``: ``sum_k w_k (C_k + mu_k mu_k^T) - m m^T``
+        with ``C_k = s_k^2 I`` in the isotropic case."""
         m = self.mean()
         second = (self.weights[:, None, None] * self.means[:, :, None] * self.means[:, None, :]).sum(0)
+        if self.covs is not None:
+            return second + (self.weights[:, None, None] * self.covs).sum(0) - torch.outer(m, m)
         return second + (self.weights * self.stds**2).sum() * torch.eye(self.dim, dtype=torch.float64) - torch.outer(m, m)
+
+    def component_covs(self) -> torch.Tensor:
+        """The component covariances ``C_k`` as ``(K, D, D)`` float64 (``s_k^2 I`` if isotropic)."""
+        if self.covs is not None:
+            return self.covs.clone()
+        return self.stds[:, None, None] ** 2 * torch.eye(self.dim, dtype=torch.float64)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``n`` points, ``(n, D)`` float32."""
@@ -98,6 +146,9 @@ class GaussianMixture:
             raise ValueError(f"n must be a positive int, got {n!r}")
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        if self.covs is not None:  # x = mu_k + U_k diag(sqrt(lam_k)) z
+            root = self._eigvecs * self._eigvals.sqrt()[:, None, :]  # (K, D, D)
+            return (self.means[k] + (root[k] @ z[:, :, None]).squeeze(-1)).float()
         return (self.means[k] + self.stds[k, None] * z).float()
 
     # -- densities and scores of the noised mixture ------------------------------------------
@@ -107,6 +158,8 @@ class GaussianMixture:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
         check_finite(x, "x")
+        if self.covs is not None:
+            return self._components_full(x.double(), alpha, sigma)
         x = x.double()
         B, dev = x.shape[0], x.device
         means, stds, weights = self.means.to(dev), self.stds.to(dev), self.weights.to(dev)
@@ -121,6 +174,25 @@ class GaussianMixture:
         )
         return logc, v, diff, alpha
 
+    def _components_full(self, x: torch.Tensor, alpha, sigma):
+        """Full covariances, in each component's eigenbasis: log of ``w_k N(x; alpha mu_k, S_k)``
+        ``(B, K)``, the variances ``v = alpha^2 lam_k + sigma^2`` ``(B, K, D)``, the rotated
+        centred points ``y = U_k^T (x - alpha mu_k)`` ``(B, K, D)`` and ``alpha`` ``(B, 1)``."""
+        B, dev = x.shape[0], x.device
+        means, weights = self.means.to(dev), self.weights.to(dev)
+        lam, U = self._eigvals.to(dev), self._eigvecs.to(dev)
+        alpha = torch.as_tensor(alpha, dtype=torch.float64, device=dev).expand(B)[:, None]  # (B, 1)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=dev).expand(B)[:, None]  # (B, 1)
+        v = alpha[:, :, None] ** 2 * lam + sigma[:, :, None] ** 2  # (B, K, D) eigenvalues of S_k
+        diff = x[:, None, :] - alpha[:, :, None] * means  # (B, K, D)
+        y = torch.einsum("kde,bkd->bke", U, diff)  # (B, K, D) coordinates in the eigenbasis
+        logc = (
+            torch.log(weights)
+            - 0.5 * (y.pow(2) / v).sum(-1)
+            - 0.5 * torch.log(2 * math.pi * v).sum(-1)
+        )
+        return logc, v, y, alpha
+
     def log_prob(self, x: torch.Tensor, alpha=1.0, sigma=0.0) -> torch.Tensor:
         """``log p(x)`` of the mixture noised to ``alpha x_0 + sigma eps`` (default: the data),
         shape ``(B,)`` float64."""
@@ -131,12 +203,20 @@ class GaussianMixture:
         """Exact ``grad_x log p_t(x)`` of the noised mixture, ``(B, D)`` in ``x``'s dtype."""
         logc, v, diff, _ = self._components(x, alpha, sigma)
         r = torch.softmax(logc, dim=1)  # responsibilities (B, K)
+        if self.covs is not None:  # -S_k^{-1} (x - alpha mu_k) = -U_k (y / v)
+            comp = torch.einsum("kde,bke->bkd", self._eigvecs.to(x.device), diff / v)
+            return -(r[:, :, None] * comp).sum(1).to(x.dtype)
         return -(r[:, :, None] * diff / v[:, :, None]).sum(1).to(x.dtype)
 
     def denoise(self, x: torch.Tensor, alpha=1.0, sigma=0.0) -> torch.Tensor:
         """Exact posterior mean ``E[x_0 | x_t = x]``, ``(B, D)``, computed per component."""
         logc, v, diff, alpha_ = self._components(x, alpha, sigma)
         r = torch.softmax(logc, dim=1)  # (B, K)
+        if self.covs is not None:  # mu_k + alpha C_k S_k^{-1} (x - alpha mu_k) = mu_k + U_k (alpha lam y / v)
+            lam, U = self._eigvals.to(x.device), self._eigvecs.to(x.device)
+            shrink = alpha_[:, :, None] * lam * diff / v  # (B, K, D) in the eigenbasis
+            post = self.means.to(x.device) + torch.einsum("kde,bke->bkd", U, shrink)  # (B, K, D)
+            return (r[:, :, None] * post).sum(1).to(x.dtype)
         means, stds = self.means.to(x.device), self.stds.to(x.device)
         post = means + (alpha_ * stds**2 / v)[:, :, None] * diff  # (B, K, D)
         return (r[:, :, None] * post).sum(1).to(x.dtype)
@@ -182,7 +262,8 @@ class GaussianMixture:
         return eps
 
     def __repr__(self) -> str:
-        return f"GaussianMixture(K={len(self.weights)}, D={self.dim})"
+        full = ", full covariances" if self.covs is not None else ""
+        return f"GaussianMixture(K={len(self.weights)}, D={self.dim}{full})"
 
 
 def eight_gaussians_mixture(radius: float = 2.0, std: float = 0.2) -> GaussianMixture:

@@ -24,11 +24,12 @@ from torch import nn
 from tqdm import tqdm  # plain text bar: no widget dependency in notebooks or on the website
 
 from .nets.mlp import TimeMLP
+from .vae import VAE
 from .utils import check_finite
 
 __all__ = ["EMA", "TrainResult", "train", "save_model", "load_model", "MODEL_CLASSES"]
 
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"TimeMLP": TimeMLP}
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"TimeMLP": TimeMLP, "VAE": VAE}
 
 
 class EMA:

@@ -102,3 +102,14 @@ def test_bad_input():
         train(TimeMLP(), loss_fn, torch.zeros(4, 2), -1)
     with pytest.raises(ValueError, match="data must be finite"):
         train(TimeMLP(), loss_fn, torch.full((4, 2), float("nan")), 1)
+
+
+def test_vae_round_trip(tmp_path):
+    from diffusion_edu.vae import VAE
+
+    torch.manual_seed(0)
+    vae = VAE(data_shape=(1, 8, 8), latent_dim=3, decoder="bernoulli")
+    save_model(vae, tmp_path / "vae.pt")
+    loaded = load_model(tmp_path / "vae.pt")
+    z = torch.randn(3, 3)
+    assert loaded.config == vae.config and torch.equal(loaded.decode(z), vae.decode(z))

@@ -8,7 +8,7 @@ tensors are ``(B, *dims)``; every network is called as ``net(x, t)``.
 from .data import load_digits
 from .flow_matching import StraightPath, cfm_loss, integrate_flow
 from .likelihood import bits_per_dim, ddpm_elbo, log_likelihood
-from .losses import ddpm_loss, dsm_loss
+from .losses import ddpm_loss, drop_labels, dsm_loss
 from .samplers import ddim, ddpm_ancestral, euler_maruyama, predictor_corrector, probability_flow
 from .schedules import alphas_cumprod, ddim_timesteps, ddpm_betas, uniform_times
 from .sde import SDE, VESDE, VPSDE, BrownianSDE, SubVPSDE
@@ -16,7 +16,7 @@ from .toy import GaussianMixture, checkerboard, eight_gaussians, eight_gaussians
 from .train import EMA, load_model, save_model, train
 from .transport import gaussian_w2, ot_pairs, sinkhorn_w2, sliced_w2, w2
 from .utils import append_dims, budget, default_device, seed
-from .nets import TimeMLP
+from .nets import Classifier, TimeMLP, UNet
 from .vae import VAE
 from .vdm import LearnedSchedule, vdm_loss
 
@@ -33,4 +33,5 @@ __all__ = [
     "append_dims", "budget", "default_device", "seed",
     "VAE", "log_likelihood", "ddpm_elbo", "bits_per_dim", "load_digits", "LearnedSchedule", "vdm_loss",
     "cfm_loss", "integrate_flow", "StraightPath", "ot_pairs", "sinkhorn_w2", "sliced_w2", "gaussian_w2",
+    "UNet", "Classifier", "drop_labels",
 ]

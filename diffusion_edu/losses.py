@@ -37,7 +37,7 @@ from .parameterization import PREDICTIONS, to_eps
 from .sde import SDE
 from .utils import append_dims, check_finite
 
-__all__ = ["dsm_loss", "loss_weight", "ddpm_loss", "WEIGHTINGS"]
+__all__ = ["dsm_loss", "loss_weight", "ddpm_loss", "drop_labels", "WEIGHTINGS"]
 
 WEIGHTINGS = ("eps", "x0", "v", "score", "likelihood")
 
@@ -93,10 +93,17 @@ def dsm_loss(
 def ddpm_loss(
     net, x0: torch.Tensor, alphas_cumprod: torch.Tensor, *,
     generator: torch.Generator | None = None, reduce: bool = True,
+    y: torch.Tensor | None = None, label_dropout: float = 0.0, null_label: int | None = None,
 ) -> torch.Tensor:
     """Ho et al. (2020) ``L_simple`` (Algorithm 1): ``n ~ U{0..N-1}``,
     ``x_n = sqrt(abar_n) x0 + sqrt(1 - abar_n) eps``, loss ``||net(x_n, n) - eps||^2``.
-    The network is called with the integer indices ``n`` as a ``(B,)`` long tensor."""
+    The network is called with the integer indices ``n`` as a ``(B,)`` long tensor.
+
+    With class labels ``y`` (``(B,)`` long) the network is called as ``net(x_n, n, y)``; with
+    ``label_dropout = p > 0`` each label is replaced by ``null_label`` with probability ``p``
+    (:func:`drop_labels`), which trains the conditional and the unconditional model at once, as
+    classifier-free guidance needs (Ho & Salimans, 2022).
+    """
     check_finite(x0, "x0")
     abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
     B = x0.shape[0]
@@ -104,5 +111,35 @@ def ddpm_loss(
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
     a = append_dims(abar[n], x0.ndim).to(x0)
     xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
-    err = (net(xt, n.to(x0.device)) - eps).pow(2).flatten(1).mean(1)
+    n = n.to(x0.device)
+    if y is None:
+        if label_dropout:
+            raise ValueError("label_dropout needs labels y")
+        eps_hat = net(xt, n)
+    else:
+        if label_dropout:
+            y = drop_labels(y, label_dropout, null_label, generator)
+        eps_hat = net(xt, n, y)
+    err = (eps_hat.float() - eps.float()).pow(2).flatten(1).mean(1)
     return err.mean() if reduce else err
+
+
+def drop_labels(
+    y: torch.Tensor, p: float, null_label: int | None, generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Replace each label by ``null_label`` with probability ``p`` (label dropout for
+    classifier-free guidance). Returns a new ``(B,)`` tensor.
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> y = drop_labels(torch.zeros(10_000, dtype=torch.long), 0.2, null_label=10, generator=g)
+    >>> abs((y == 10).float().mean().item() - 0.2) < 0.02
+    True
+    """
+    if not 0 <= p <= 1:
+        raise ValueError(f"p must lie in [0, 1], got {p!r}")
+    if not isinstance(null_label, int):
+        raise ValueError(f"null_label must be the int label of the null class, got {null_label!r}")
+    drop = (torch.rand(y.shape, generator=generator) < p).to(y.device)
+    return torch.where(drop, torch.full_like(y, null_label), y)

@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-__all__ = ["scatter2d", "density2d", "score_field2d", "trajectories2d", "grid2d", "curves"]
+__all__ = ["scatter2d", "density2d", "score_field2d", "trajectories2d", "grid2d", "curves",
+           "image_grid", "show_images", "save_images"]
 
 
 def _np(x) -> np.ndarray:
@@ -109,3 +110,44 @@ def curves(x, ys: dict, ax=None, *, xlabel: str = "", ylabel: str = "", logx=Fal
         ax.set_title(title)
     ax.legend()
     return ax
+
+
+def image_grid(x, nrow: int = 8, pad: int = 1, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """Tile images ``(B, C, H, W)`` into one ``(rows*(H+pad)+pad, nrow*(W+pad)+pad[, C])`` array
+    in ``[0, 1]`` (values outside ``value_range`` are clipped); C = 1 gives a 2-D array."""
+    x = torch.as_tensor(x).detach().float().cpu()
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"x must have shape (B, 1 or 3, H, W), got {tuple(x.shape)}")
+    lo, hi = value_range
+    x = ((x - lo) / (hi - lo)).clamp(0, 1)
+    B, C, H, W = x.shape
+    ncol = min(nrow, B)
+    rows = -(-B // ncol)
+    grid = torch.ones(C, rows * (H + pad) + pad, ncol * (W + pad) + pad)  # white frame
+    for i in range(B):
+        r, c = divmod(i, ncol)
+        grid[:, pad + r * (H + pad):pad + r * (H + pad) + H, pad + c * (W + pad):pad + c * (W + pad) + W] = x[i]
+    grid = grid.permute(1, 2, 0).numpy()  # (H', W', C)
+    return grid[..., 0] if C == 1 else grid
+
+
+def show_images(x, ax=None, *, nrow: int = 8, title: str | None = None,
+                value_range: tuple[float, float] = (-1.0, 1.0)):
+    """Show images ``(B, C, H, W)`` with values in ``value_range`` as one grid."""
+    ax = _ax(ax)
+    ax.imshow(image_grid(x, nrow, value_range=value_range), cmap="gray", vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def save_images(x, path, *, nrow: int = 8, scale: int = 4,
+                value_range: tuple[float, float] = (-1.0, 1.0)) -> None:
+    """Write images ``(B, C, H, W)`` as one PNG grid, each pixel enlarged ``scale`` times."""
+    import matplotlib.image
+
+    grid = image_grid(x, nrow, value_range=value_range)
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    matplotlib.image.imsave(str(path), grid, cmap="gray", vmin=0, vmax=1)

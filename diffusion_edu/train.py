@@ -23,13 +23,17 @@ import torch
 from torch import nn
 from tqdm import tqdm  # plain text bar: no widget dependency in notebooks or on the website
 
+from .nets.classifier import Classifier
 from .nets.mlp import TimeMLP
+from .nets.unet import UNet
 from .vae import VAE
 from .utils import check_finite
 
 __all__ = ["EMA", "TrainResult", "train", "save_model", "load_model", "MODEL_CLASSES"]
 
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"TimeMLP": TimeMLP, "VAE": VAE}
+MODEL_CLASSES: dict[str, type[nn.Module]] = {
+    "TimeMLP": TimeMLP, "VAE": VAE, "UNet": UNet, "Classifier": Classifier,
+}
 
 
 class EMA:
@@ -59,7 +63,7 @@ class TrainResult:
 def train(
     model: nn.Module,
     loss_fn: Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor],
-    data: torch.Tensor | Callable[[int, torch.Generator], torch.Tensor],
+    data: torch.Tensor | tuple[torch.Tensor, ...] | Callable[[int, torch.Generator], torch.Tensor],
     steps: int,
     *,
     batch_size: int = 256,
@@ -71,31 +75,57 @@ def train(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 1000,
     progress: bool = True,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> TrainResult:
-    """Minimise ``loss_fn(model, x0_batch, generator)`` with Adam for ``steps`` steps.
+    """Minimise ``loss_fn(model, batch, generator)`` with Adam for ``steps`` steps.
 
     Parameters
     ----------
-    data : a ``(N, *dims)`` tensor (batches drawn with replacement) or a callable
-        ``data(n, generator)`` that returns a fresh batch ``(n, *dims)``
+    data : a ``(N, *dims)`` tensor (batches drawn with replacement), a tuple of tensors with
+        the same first dimension, e.g. ``(images, labels)`` (the batch is then the tuple of the
+        same rows of each), or a callable ``data(n, generator)`` that returns a fresh batch
     checkpoint : path of a training checkpoint; if it exists, training resumes from it
         (model, EMA, optimiser, step, losses and generator state). It is written every
         ``checkpoint_every`` steps, at the end, and when the loop is interrupted.
         Resuming *sets* ``generator`` to the saved state, so that an interrupted and resumed
         run draws exactly the numbers of an uninterrupted one: draws made from the same
         generator between two calls are replayed. Give other work its own generator.
+    amp_dtype : run the forward pass under ``torch.autocast`` with this dtype
+        (``torch.bfloat16`` on a GPU; the weights, the optimiser and the EMA stay float32)
+    channels_last : store images and convolution weights in NHWC order (faster convolutions
+        on GPUs with tensor cores)
+    compile : ``torch.compile`` the model for the training steps (the EMA copy is not compiled)
+
+    Distributed data parallel: when :mod:`torch.distributed` is initialised (e.g. under
+    ``torchrun``), the model is wrapped in ``DistributedDataParallel``; each process draws its
+    own batch of ``batch_size`` from its own ``generator`` (seed it with the rank), the gradients
+    are averaged across processes, only rank 0 shows the progress bar, and the checkpoint,
+    written by rank 0, keeps every rank's generator state so that ``--resume`` is exact.
+    An interrupt under DDP saves nothing (the ranks cannot agree on a step); the last periodic
+    checkpoint is the resume point.
 
     Returns
     -------
-    TrainResult with the trained ``model``, its ``ema_model`` and the per-step ``losses``.
+    TrainResult with the trained ``model``, its ``ema_model`` and the per-step ``losses``
+    (this process's losses under DDP).
     """
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
-    if torch.is_tensor(data):
+    if isinstance(data, tuple):
+        if not data or any(not torch.is_tensor(d) or len(d) != len(data[0]) for d in data):
+            raise ValueError("data given as a tuple must hold tensors with the same first dimension")
+        check_finite(data[0], "data[0]")
+    elif torch.is_tensor(data):
         check_finite(data, "data")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(device).train()
+    dist = torch.distributed
+    ddp = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    model.to(device, memory_format=memory_format).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     ema = EMA(model, ema_decay)
     result = TrainResult(model, ema.model)
@@ -105,22 +135,44 @@ def train(
         model.load_state_dict(state["model"])
         ema.model.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
+        gen_states = state["generator"]
+        if isinstance(gen_states, list):  # one state per rank
+            if len(gen_states) != world:
+                raise ValueError(f"checkpoint was written by {len(gen_states)} processes, resuming with {world}")
+            gen_states = gen_states[rank]
+        generator.set_state(gen_states.cpu())
         start, result.losses = state["step"], list(state["losses"])
 
+    net = model
+    if compile:
+        net = torch.compile(net)
+    if ddp:
+        net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+
     def save_state(step, generator_state):
-        if checkpoint is not None:
+        if checkpoint is None:
+            return
+        if ddp:  # every rank's generator state, in rank order
+            states = [None] * world
+            dist.all_gather_object(states, generator_state)
+            generator_state = states
+        if rank == 0:
             _atomic_save(dict(model=model.state_dict(), ema=ema.model.state_dict(),
                               optimizer=opt.state_dict(), generator=generator_state,
                               step=step, losses=result.losses), checkpoint)
+        if ddp:
+            dist.barrier()
 
     step = start
-    bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc="train")
+    bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress or rank != 0,
+               desc="train")
     try:
         for step in bar:
             step_start_state = generator.get_state()  # an interrupted step is replayed from here
-            x0 = _batch(data, batch_size, generator).to(device)
-            loss = loss_fn(model, x0, generator)
+            batch = _to(_batch(data, batch_size, generator), device, memory_format)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss = loss_fn(net, batch, generator)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}")
             opt.zero_grad(set_to_none=True)
@@ -136,7 +188,8 @@ def train(
                 save_state(step + 1, generator.get_state())
         step = max(steps, start)
     except KeyboardInterrupt:
-        save_state(step, step_start_state)  # nothing lost: the same call resumes from here
+        if not ddp:
+            save_state(step, step_start_state)  # nothing lost: the same call resumes from here
         raise
     save_state(step, generator.get_state())
     model.eval()
@@ -144,10 +197,22 @@ def train(
 
 
 def _batch(data, n, generator):
+    if isinstance(data, tuple):
+        idx = torch.randint(len(data[0]), (n,), generator=generator)
+        return tuple(d[idx] for d in data)
     if torch.is_tensor(data):
         idx = torch.randint(len(data), (n,), generator=generator)
         return data[idx]
     return data(n, generator)
+
+
+def _to(batch, device, memory_format):
+    """Move a batch (tensor or tuple of tensors) to ``device``; images (4-D) in ``memory_format``."""
+    if isinstance(batch, tuple):
+        return tuple(_to(b, device, memory_format) for b in batch)
+    if batch.ndim == 4:
+        return batch.to(device, memory_format=memory_format)
+    return batch.to(device)
 
 
 def save_model(model: nn.Module, path: str | os.PathLike) -> None:

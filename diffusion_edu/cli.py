@@ -32,7 +32,7 @@ import torch
 from .losses import ddpm_loss
 from .nets.unet import UNet
 from .plot import save_images
-from .samplers import ddim, ddpm_ancestral
+from .samplers import clip_x0, ddim, ddpm_ancestral
 from .schedules import alphas_cumprod, ddim_timesteps, ddpm_betas
 from .train import _atomic_save, train
 
@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=50, help="DDIM steps (DDPM always uses every step)")
     s.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 deterministic, 1 DDPM-like)")
     s.add_argument("--num-samples", type=int, default=64)
+    s.add_argument("--no-clip", action="store_true",
+                   help="do not clip the predicted clean image to [-1, 1] at each step")
     s.add_argument("--nrow", type=int, default=8)
     s.add_argument("--labels", type=_ints, default=None,
                    help="class-conditional models: labels to cycle through (default 0..K-1)")
@@ -191,7 +193,8 @@ def _train(args) -> int:
         (out / "losses.txt").write_text("".join(f"{v:.6g}\n" for v in result.losses))
         if args.num_samples:
             g = torch.Generator().manual_seed(args.seed)
-            samples = _generate(ema, abar, x.shape[-1], "ddim", 50, 0.0, args.num_samples, None, 0.0, g, device)
+            samples = _generate(ema, abar, x.shape[-1], "ddim", 50, 0.0, args.num_samples, labels=None,
+                                guidance=0.0, generator=g, device=device)
             save_images(samples, out / "samples.png", nrow=8)
         print(f"wrote {out / 'model.pt'}; final loss (mean of the last 100 steps) "
               f"{sum(result.losses[-100:]) / max(1, len(result.losses[-100:])):.4f}", file=sys.stderr)
@@ -257,8 +260,8 @@ def _sample(args) -> int:
     elif args.labels or args.guidance:
         raise SystemExit("--labels and --guidance need a class-conditional model")
     g = torch.Generator().manual_seed(args.seed)
-    x = _generate(net, abar, meta["image_size"], args.sampler, args.steps, args.eta, args.num_samples, labels,
-                  args.guidance, g, device)
+    x = _generate(net, abar, meta["image_size"], args.sampler, args.steps, args.eta, args.num_samples,
+                  labels=labels, guidance=args.guidance, generator=g, device=device, clip=not args.no_clip)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_images(x, args.out, nrow=args.nrow)
     if args.save_tensor:
@@ -269,9 +272,10 @@ def _sample(args) -> int:
 
 
 @torch.no_grad()
-def _generate(net, abar, size, sampler, steps, eta, n, labels, guidance, generator, device):
+def _generate(net, abar, size, sampler, steps, eta, n, *, labels, guidance, generator, device, clip=True):
     """``n`` samples ``(n, C, size, size)`` from ``net``; with labels, classifier-free guidance
-    of weight ``guidance``."""
+    of weight ``guidance``; ``clip``: the predicted clean image is clipped to [-1, 1]
+    (:func:`~diffusion_edu.samplers.clip_x0`)."""
     C = net.in_channels
     x = torch.randn((n, C, size, size), generator=generator).to(device)
     if labels is None:
@@ -280,6 +284,8 @@ def _generate(net, abar, size, sampler, steps, eta, n, labels, guidance, generat
         from .guidance import cfg_eps
 
         eps_fn = cfg_eps(net, labels.to(device), guidance)
+    if clip:
+        eps_fn = clip_x0(eps_fn, abar)
     if sampler == "ddpm":
         return ddpm_ancestral(eps_fn, abar, x, generator)
     if not 1 <= steps <= len(abar):

@@ -157,7 +157,7 @@ def mixture_classifier(gm: GaussianMixture, alphas_cumprod: torch.Tensor):
     def classifier(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
         n = torch.as_tensor(n).long().expand(x.shape[0])
         a = abar.to(x.device)[n.to(x.device)]  # (B,)
-        log_joint, *_ = gm._components(x, a.sqrt(), (1 - a).sqrt())  # log w_k N_k(x), (B, K)
+        log_joint = gm.log_joint(x, a.sqrt(), (1 - a).sqrt())  # log w_k N_k(x), (B, K)
         return log_joint.to(x.dtype)
 
     return classifier

@@ -37,7 +37,7 @@ from .schedules import uniform_times
 from .sde import SDE
 from .utils import append_dims, check_finite
 
-__all__ = ["euler_maruyama", "probability_flow", "predictor_corrector", "ddpm_ancestral", "ddim"]
+__all__ = ["euler_maruyama", "probability_flow", "predictor_corrector", "ddpm_ancestral", "ddim", "clip_x0"]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -187,6 +187,38 @@ def ddim(
             x = x + s * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         _after_step(x, i, n, callback)
     return x
+
+
+def clip_x0(eps_fn, alphas_cumprod: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)):
+    r"""Wrap ``eps_fn`` so that the clean image it implies lies in the data range.
+
+    ``x0_hat = clip((x - sqrt(1 - abar_n) eps) / sqrt(abar_n), lo, hi)`` and the returned noise
+    prediction is the one that implies it, ``(x - sqrt(abar_n) x0_hat) / sqrt(1 - abar_n)``
+    (``clip_sample=True`` in the diffusers schedulers; Ho et al.'s code clips the same way).
+    Where ``x0_hat`` is already inside the range nothing changes. Why it matters: at the first
+    steps ``abar_n`` is tiny (the cosine schedule's last ``beta`` is clipped to 0.999), and
+    dividing by ``sqrt(abar_n)`` magnifies the network's error many times over.
+
+    Examples
+    --------
+    >>> abar = torch.tensor([0.9, 0.5, 0.01])
+    >>> eps = clip_x0(lambda x, n: torch.zeros_like(x), abar)  # implies x0_hat = x / sqrt(abar)
+    >>> x, n = torch.full((1, 2), 0.5), torch.tensor([2])
+    >>> x0 = (x - (1 - abar[2]).sqrt() * eps(x, n)) / abar[2].sqrt()
+    >>> x0  # 0.5 / 0.1 = 5, clipped to 1 (up to float32 rounding)
+    tensor([[1.0000, 1.0000]])
+    """
+    lo, hi = (float(v) for v in value_range)
+    if not lo < hi:
+        raise ValueError(f"value_range must be (lo, hi) with lo < hi, got {value_range!r}")
+    abar = _check_abar(alphas_cumprod)
+
+    def eps_clipped(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        a = append_dims(abar.to(x.device)[n], x.ndim).to(x.dtype)  # abar_n, (B, 1, ...)
+        x0 = ((x - (1 - a).sqrt() * eps_fn(x, n)) / a.sqrt()).clamp(lo, hi)  # clipped x0_hat
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()  # the noise that implies it
+
+    return eps_clipped
 
 
 # -- helpers -------------------------------------------------------------------------------

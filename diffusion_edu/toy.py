@@ -193,6 +193,11 @@ class GaussianMixture:
         )
         return logc, v, y, alpha
 
+    def log_joint(self, x: torch.Tensor, alpha=1.0, sigma=0.0) -> torch.Tensor:
+        """``log w_k + log N_k(x)`` of each component of the noised mixture, ``(B, K)`` float64;
+        ``softmax`` over ``k`` is the posterior ``p(k | x_t)``, ``logsumexp`` is ``log p_t(x)``."""
+        return self._components(x, alpha, sigma)[0]
+
     def log_prob(self, x: torch.Tensor, alpha=1.0, sigma=0.0) -> torch.Tensor:
         """``log p(x)`` of the mixture noised to ``alpha x_0 + sigma eps`` (default: the data),
         shape ``(B,)`` float64."""

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from diffusion_edu.samplers import ddim, ddpm_ancestral, euler_maruyama, predictor_corrector, probability_flow
+from diffusion_edu.samplers import clip_x0, ddim, ddpm_ancestral, euler_maruyama, predictor_corrector, probability_flow
 from diffusion_edu.schedules import alphas_cumprod, ddim_timesteps, ddpm_betas
 from diffusion_edu.sde import VESDE, VPSDE, BrownianSDE, SubVPSDE
 from diffusion_edu.toy import GaussianMixture
@@ -162,3 +162,19 @@ def test_bad_input():
         euler_maruyama(score, sde, torch.zeros(2, 2), torch.tensor([2.0, 0.5]))
     with pytest.raises(ValueError, match="snr"):
         predictor_corrector(score, sde, torch.zeros(2, 2), 5, snr=0)
+
+
+def test_clip_x0_keeps_the_implied_clean_image_in_range(gen):
+    abar = alphas_cumprod(ddpm_betas(100, "cosine"))
+    eps_fn = lambda x, n: 3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))  # noqa: E731
+    x, n = torch.randn(64, 1, 4, 4, generator=gen), torch.randint(100, (64,), generator=gen)
+    a = abar[n].float().view(-1, 1, 1, 1)
+    plain, clipped = eps_fn(x, n), clip_x0(eps_fn, abar)(x, n)
+    x0_plain = (x - (1 - a).sqrt() * plain) / a.sqrt()
+    x0_clip = (x - (1 - a).sqrt() * clipped) / a.sqrt()
+    assert x0_clip.abs().max() <= 1 + 1e-4  # float32 rounding of the round trip
+    torch.testing.assert_close(x0_clip, x0_plain.clamp(-1, 1), rtol=1e-4, atol=1e-4)
+    inside = x0_plain.abs() < 1
+    torch.testing.assert_close(clipped[inside], plain[inside], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="value_range"):
+        clip_x0(eps_fn, abar, (1.0, -1.0))

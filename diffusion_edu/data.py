@@ -11,6 +11,10 @@ so that with the default ``(-1, 1)`` the 17 levels are ``-1, -7/8, ..., 7/8, 1``
 ``1/8``), optionally resizes bilinearly to 16x16 or 32x32, and returns one part of a fixed,
 seeded 70 / 15 / 15 split into train, validation and test images.
 
+MNIST, Fashion-MNIST and CIFAR-10, for users who have the files, are read by
+:mod:`diffusion_edu.datasets` (re-exported here): ``load_mnist``, ``load_fashion_mnist``,
+``load_cifar10`` and ``load_image_dataset(name, root, split)``. Nothing is ever downloaded.
+
 The number of grey levels matters for likelihoods: a bits-per-dimension figure on these digits
 is a statement about 17-level 8x8 images, not about 256-level CIFAR-10 photographs (see
 :func:`diffusion_edu.likelihood.bits_per_dim`).
@@ -21,7 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["load_digits", "DIGITS_LEVELS", "SPLITS"]
+__all__ = ["load_digits", "DIGITS_LEVELS", "SPLITS",
+           "load_mnist", "load_fashion_mnist", "load_cifar10", "load_image_dataset"]
 
 DIGITS_LEVELS = 17  # grey levels 0..16 of the scikit-learn digits
 SPLITS = ("train", "val", "test", "all")
@@ -82,3 +87,7 @@ def _split_indices(n: int, seed: int) -> dict[str, torch.Tensor]:
         "test": perm[n_train + n_val:],
         "all": torch.arange(n),
     }
+
+
+# Loaders of the datasets on disk (torchvision's layout); imported last: they use load_digits.
+from .datasets import load_cifar10, load_fashion_mnist, load_image_dataset, load_mnist  # noqa: E402

@@ -265,3 +265,11 @@ def test_equals_torchvision(tmp_path, monkeypatch):
             ours = loader(tmp_path, split, backend="builtin")
             theirs = loader(tmp_path, split, backend="torchvision")
             assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+
+
+def test_the_loaders_are_also_in_diffusion_edu_data():
+    import diffusion_edu.data as data
+    import diffusion_edu.datasets as datasets
+
+    for name in ("load_mnist", "load_fashion_mnist", "load_cifar10", "load_image_dataset"):
+        assert getattr(data, name) is getattr(datasets, name)

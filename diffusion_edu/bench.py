@@ -29,6 +29,13 @@ PyTorch keeps no allocator statistics, and the process's peak resident size
 (``resource.getrusage().ru_maxrss``) only ever grows, covers both models and the Python heap and
 cannot be split between two interleaved models, so the CPU value is ``None`` ("n/a").
 
+Model FLOP utilisation (MFU): ``flops_per_step`` is the number of floating-point operations of
+one training step's forward and backward pass, counted by :class:`torch.utils.flop_counter.FlopCounterMode`
+(convolutions, matrix products and attention; 2 per multiply-add; normalisations, activations and
+the optimiser are not counted, as is customary). ``mfu = flops_per_step / step time / peak``,
+where ``peak`` is the matrix-multiply rate *measured* on the same device in the same dtype by
+:func:`matmul_flops_per_s` (bf16 under bf16 autocast, float32 otherwise), not a datasheet figure.
+
 The configurations (:data:`CONFIGS`): ``"digits"``, 8x8 grey images, ``UNet(1, 1, 32, (1, 2), 1,
 (2,))`` (0.76 M parameters); ``"cifar10"``, 32x32 colour images, ``UNet(3, 3, 128, (1, 2, 2, 2),
 2, (2,))``, the shape of DDPM's CIFAR-10 network (38.3 M parameters here; 35.7 M in DDPM, whose
@@ -53,7 +60,7 @@ from .nets.unet import UNet
 from .schedules import alphas_cumprod, ddpm_betas
 
 __all__ = ["BenchConfig", "CONFIGS", "PARAM_TOLERANCE", "bench", "format_table", "make_models",
-           "param_count", "peer_kwargs"]
+           "param_count", "peer_kwargs", "training_flops", "matmul_flops_per_s"]
 
 PARAM_TOLERANCE = 0.05  # the two networks' parameter counts must agree to 5%
 OURS, PEER = "diffusion_edu.UNet", "diffusers.UNet2DModel"
@@ -162,7 +169,8 @@ def bench(
     Two dicts, ours then diffusers', with ``name``, ``params``, ``images_per_s``,
     ``ms_per_step`` (median wall time), ``cpu_ms_per_step`` (median process CPU time; ``None`` on
     CUDA), ``peak_memory_mb`` (``None`` on CPU), ``step_ms`` (every timed step), and the settings ``config``, ``device``, ``batch_size``, ``steps``, ``threads``,
-    ``amp_dtype``, ``channels_last``, ``compile``.
+    ``amp_dtype``, ``channels_last``, ``compile``; ``flops_per_step``, ``matmul_tflops`` (the
+    measured peak) and ``mfu`` (see the module docstring).
 
     Examples
     --------
@@ -229,9 +237,13 @@ def bench(
             times[k].append(1000 * (time.perf_counter() - start))
             cpu_times[k].append(1000 * (time.process_time() - cpu_start))
 
+    peak = matmul_flops_per_s(device, amp_dtype or torch.float32)
+    x_t, n, _ = batches[0]
     rows = []
     for k, (name, m) in enumerate(zip((OURS, PEER), models)):
         ms = statistics.median(times[k])
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            flops = training_flops(m, x_t, n)
         resident = sum(t.numel() * t.element_size() for t in _tensors(m, opts[k]))
         rows.append(dict(
             name=name, params=param_count(m), images_per_s=1000 * batch_size / ms, ms_per_step=ms,
@@ -239,9 +251,56 @@ def bench(
             peak_memory_mb=(resident + max(extra[k])) / 2**20 if cuda else None,
             step_ms=list(times[k]), config=config, device=str(device), batch_size=batch_size,
             steps=steps, threads=torch.get_num_threads(), amp_dtype=str(amp_dtype).replace("torch.", ""),
-            channels_last=channels_last, compile=compile,
+            channels_last=channels_last, compile=compile, flops_per_step=flops,
+            matmul_tflops=peak / 1e12, mfu=flops / (ms / 1000) / peak,
         ))
     return rows
+
+
+def training_flops(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> int:
+    """FLOPs of one forward + backward pass of ``model(x, t)`` (2 per multiply-add), counted by
+    :class:`torch.utils.flop_counter.FlopCounterMode`; gradients are cleared afterwards.
+
+    Examples
+    --------
+    >>> lin = nn.Linear(10, 20, bias=False)
+    >>> training_flops(lambda x, t: lin(x), torch.randn(4, 10), None)  # 2*4*10*20 forward, as much backward
+    3200
+
+    (The backward pass of a first layer costs one product, for the weight's gradient; a layer whose
+    input needs a gradient costs two.)
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        out = model(x, t)
+        out = getattr(out, "sample", out)
+        out.float().pow(2).mean().backward()
+    if isinstance(model, nn.Module):
+        model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def matmul_flops_per_s(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                       n: int | None = None, repeats: int = 5) -> float:
+    """Measured rate of an ``n x n`` by ``n x n`` matrix product (``2 n^3`` FLOPs), the best of
+    ``repeats`` timed products after one untimed one; ``n`` defaults to 8192 on CUDA, 1024 on CPU."""
+    device = torch.device(device)
+    n = n or (8192 if device.type == "cuda" else 1024)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device, dtype)
+    b = torch.randn(n, n, generator=g).to(device, dtype)
+    best = float("inf")
+    for i in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:  # the first product warms up the kernels
+            best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
 
 
 def format_table(rows: list[dict]) -> str:
@@ -252,9 +311,9 @@ def format_table(rows: list[dict]) -> str:
     >>> rows = [dict(name=OURS, params=755009, images_per_s=800.0, ms_per_step=80.0, peak_memory_mb=None),
     ...         dict(name=PEER, params=755009, images_per_s=640.0, ms_per_step=100.0, peak_memory_mb=None)]
     >>> print(format_table(rows))
-    model                         params   ms/step   images/s    CPU ms   peak MB
-    diffusion_edu.UNet           755,009      80.0      800.0       n/a       n/a
-    diffusers.UNet2DModel        755,009     100.0      640.0       n/a       n/a
+    model                         params   ms/step   images/s    CPU ms   peak MB  GFLOP/step    MFU
+    diffusion_edu.UNet           755,009      80.0      800.0       n/a       n/a         n/a    n/a
+    diffusers.UNet2DModel        755,009     100.0      640.0       n/a       n/a         n/a    n/a
     ours / peer: throughput 1.25x, parameters 1.000x
     """
     lines = []
@@ -262,12 +321,17 @@ def format_table(rows: list[dict]) -> str:
                             "channels_last", "compile") if k in rows[0]]
     if settings:
         lines.append(", ".join(f"{k}={rows[0][k]}" for k in settings))
-    lines.append(f"{'model':<24}{'params':>12}{'ms/step':>10}{'images/s':>11}{'CPU ms':>10}{'peak MB':>10}")
+    if rows[0].get("matmul_tflops") is not None:
+        lines.append(f"measured matrix-multiply rate: {rows[0]['matmul_tflops']:.3g} TFLOP/s")
+    lines.append(f"{'model':<24}{'params':>12}{'ms/step':>10}{'images/s':>11}{'CPU ms':>10}{'peak MB':>10}"
+                 f"{'GFLOP/step':>12}{'MFU':>7}")
     for r in rows:
         mem = "n/a" if r.get("peak_memory_mb") is None else f"{r['peak_memory_mb']:.0f}"
         cpu = "n/a" if r.get("cpu_ms_per_step") is None else f"{r['cpu_ms_per_step']:.1f}"
+        flops = "n/a" if r.get("flops_per_step") is None else f"{r['flops_per_step'] / 1e9:.2f}"
+        mfu = "n/a" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
         lines.append(f"{r['name']:<24}{r['params']:>12,}{r['ms_per_step']:>10.1f}"
-                     f"{r['images_per_s']:>11.1f}{cpu:>10}{mem:>10}")
+                     f"{r['images_per_s']:>11.1f}{cpu:>10}{mem:>10}{flops:>12}{mfu:>7}")
     by_name = {r["name"]: r for r in rows}
     if OURS in by_name and PEER in by_name:
         a, b = by_name[OURS], by_name[PEER]

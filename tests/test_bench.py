@@ -56,3 +56,14 @@ def test_argument_checks():
         bench("digits", steps=0)
     with pytest.raises(ValueError, match="compile=True needs warmup >= 1"):
         bench("digits", compile=True, warmup=0)
+
+
+def test_training_flops_of_a_convolution_match_the_closed_form():
+    """Forward: 2 B C_out H W C_in k^2 (a multiply-add per weight and output pixel); backward of
+    a first layer: the weight gradient only, the same count again."""
+    from diffusion_edu.bench import matmul_flops_per_s, training_flops
+
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    forward = 2 * 2 * 8 * 16 * 16 * 3 * 3 * 3
+    assert training_flops(lambda x, t: conv(x), torch.randn(2, 3, 16, 16), None) == 2 * forward
+    assert matmul_flops_per_s("cpu", n=128, repeats=2) > 0

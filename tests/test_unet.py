@@ -137,3 +137,19 @@ def test_classifier_shapes_and_time_conditioning(gen):
         noisy(x)
     with pytest.raises(ValueError, match="not time-conditional"):
         clf(torch.randn(2, 3, 16, 16), torch.tensor([1, 2]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_path_bf16_channels_last_matches_float32(gen):
+    """On a GPU: bf16 autocast + channels-last give the float32 output to bf16 precision."""
+    net = _randomise_zero_layers(UNet(3, 3, 32, (1, 2, 2), 1, (2,), num_classes=10), gen).cuda()
+    x, t = torch.randn(8, 3, 32, 32, generator=gen).cuda(), torch.randint(1000, (8,)).cuda()
+    y = torch.arange(8).cuda()
+    ref = net(x, t, y)
+    net = net.to(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = net(x.contiguous(memory_format=torch.channels_last), t, y)
+    # bf16 keeps 8 mantissa bits (relative rounding 2^-8 = 0.004 per operation)
+    assert (out.float() - ref).norm() / ref.norm() < 0.05
+    out.float().pow(2).mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in net.parameters())

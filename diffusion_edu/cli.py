@@ -225,14 +225,25 @@ def _init_distributed(device_arg):
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if device_arg is None:
             device_arg = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(device_arg)
+        device = _device(device_arg)
         if device.type == "cuda":
             device = torch.device("cuda", local)
             torch.cuda.set_device(device)
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
         return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
-    device = torch.device(device_arg or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return 0, 1, device
+    return 0, 1, _device(device_arg)
+
+
+def _device(arg: str | None) -> torch.device:
+    """``--device``: default CUDA when present, else CPU; a clear message when CUDA is asked for
+    and missing."""
+    try:
+        device = torch.device(arg or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as e:
+        raise SystemExit(f"--device: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {arg}: this PyTorch sees no CUDA device (use --device cpu)")
+    return device
 
 
 def _finish_distributed():
@@ -245,7 +256,7 @@ def _sample(args) -> int:
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("class") != "UNet" or "meta" not in state:
         raise SystemExit(f"{args.checkpoint} is not a model.pt written by `python -m diffusion_edu train`")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(args.device)
     net = UNet(**state["config"])
     net.load_state_dict(state["state_dict"])
     net.to(device).eval()
@@ -297,7 +308,7 @@ def _generate(net, abar, size, sampler, steps, eta, n, *, labels, guidance, gene
 def _bench(args) -> int:
     from .bench import bench, format_table
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(args.device)
     cuda = device.type == "cuda"
     kw = {k: getattr(args, k) for k in ("batch_size", "steps", "warmup") if getattr(args, k) is not None}
     bf16 = cuda if args.bf16 is None else args.bf16

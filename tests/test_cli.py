@@ -50,6 +50,12 @@ def test_train_writes_a_run_and_resume_continues_exactly(tmp_path):
     assert json.loads((part / "config.json").read_text())["lr"] == 5e-4
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_asking_for_a_missing_gpu_says_so(tmp_path):
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        main(["train", *TINY[:2], "--device", "cuda", "--steps", "1", "--out", str(tmp_path / "r")])
+
+
 @pytest.mark.parametrize("sampler, steps", [("ddim", "5"), ("ddpm", "0")])
 def test_sample_writes_a_png_grid(tmp_path, sampler, steps):
     run = tmp_path / "run"

@@ -15,7 +15,7 @@ from diffusion_edu.data import load_digits
 from diffusion_edu.losses import ddpm_loss
 from diffusion_edu.nets import UNet
 from diffusion_edu.schedules import alphas_cumprod, ddpm_betas
-from diffusion_edu.train import _batch
+from diffusion_edu.train import _batch, load_model
 
 TINY = ["--dataset", "digits", "--device", "cpu", "--base-channels", "8", "--channel-mults", "1,2",
         "--num-res-blocks", "1", "--attention-resolutions", "2", "--timesteps", "50",
@@ -37,6 +37,7 @@ def test_train_writes_a_run_and_resume_continues_exactly(tmp_path):
     assert main(["train", *TINY, "--steps", "6", "--out", str(full)]) == 0
     for name in ("config.json", "train_state.pt", "model.pt", "losses.txt", "samples.png"):
         assert (full / name).exists(), name
+    assert isinstance(load_model(full / "model.pt"), UNet)  # the library reads the CLI's model file
     assert main(["train", *TINY, "--steps", "3", "--out", str(part)]) == 0
     with pytest.raises(SystemExit, match="--resume"):  # never overwrite a run silently
         main(["train", *TINY, "--steps", "6", "--out", str(part)])

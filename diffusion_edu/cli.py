@@ -34,7 +34,7 @@ from .nets.unet import UNet
 from .plot import save_images
 from .samplers import clip_x0, ddim, ddpm_ancestral
 from .schedules import alphas_cumprod, ddim_timesteps, ddpm_betas
-from .train import _atomic_save, train
+from .train import load_model, save_model, train
 
 __all__ = ["main", "build_parser"]
 
@@ -188,8 +188,7 @@ def _train(args) -> int:
         ema = result.ema_model.to(memory_format=torch.contiguous_format)
         meta = dict(dataset=args.dataset, image_size=x.shape[-1], channels=x.shape[1],
                     schedule=args.schedule, timesteps=args.timesteps, step=args.steps)
-        _atomic_save({"class": "UNet", "config": dict(ema.config), "state_dict": ema.state_dict(),
-                      "meta": meta}, out / "model.pt")
+        save_model(ema, out / "model.pt", meta=meta)
         (out / "losses.txt").write_text("".join(f"{v:.6g}\n" for v in result.losses))
         if args.num_samples:
             g = torch.Generator().manual_seed(args.seed)
@@ -253,14 +252,14 @@ def _finish_distributed():
 
 # -- sample --------------------------------------------------------------------------------
 def _sample(args) -> int:
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("class") != "UNet" or "meta" not in state:
+    try:
+        net, meta = load_model(args.checkpoint, return_meta=True)
+    except ValueError:
+        net, meta = None, {}
+    if not isinstance(net, UNet) or "schedule" not in meta:
         raise SystemExit(f"{args.checkpoint} is not a model.pt written by `python -m diffusion_edu train`")
     device = _device(args.device)
-    net = UNet(**state["config"])
-    net.load_state_dict(state["state_dict"])
-    net.to(device).eval()
-    meta = state["meta"]
+    net.to(device)
     abar = alphas_cumprod(ddpm_betas(meta["timesteps"], meta["schedule"]))
     labels = None
     if net.num_classes is not None:

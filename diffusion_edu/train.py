@@ -215,24 +215,31 @@ def _to(batch, device, memory_format):
     return batch.to(device)
 
 
-def save_model(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write ``model`` (class name, ``config`` and weights) atomically to ``path``."""
+def save_model(model: nn.Module, path: str | os.PathLike, *, meta: dict | None = None) -> None:
+    """Write ``model`` (class name, ``config`` and weights) atomically to ``path``; ``meta``: an
+    optional dict of numbers and strings stored beside it (e.g. the diffusion schedule)."""
     name = type(model).__name__
     if name not in MODEL_CLASSES or not hasattr(model, "config"):
         raise ValueError(
             f"model must be one of {sorted(MODEL_CLASSES)} with a .config, got {name}"
         )
-    _atomic_save({"class": name, "config": dict(model.config), "state_dict": model.state_dict()}, path)
+    state = {"class": name, "config": dict(model.config), "state_dict": model.state_dict()}
+    if meta is not None:
+        state["meta"] = dict(meta)
+    _atomic_save(state, path)
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model saved by :func:`save_model`; loads with ``weights_only=True``."""
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+               return_meta: bool = False):
+    """Rebuild a model saved by :func:`save_model`; loads with ``weights_only=True``.
+    With ``return_meta=True`` returns ``(model, meta)`` (``meta`` is ``{}`` if none was saved)."""
     state = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(state, dict) or state.get("class") not in MODEL_CLASSES:
         raise ValueError(f"{path} is not a checkpoint written by save_model")
     model = MODEL_CLASSES[state["class"]](**state["config"])
     model.load_state_dict(state["state_dict"])
-    return model.eval()
+    model.eval()
+    return (model, state.get("meta", {})) if return_meta else model
 
 
 def _atomic_save(obj, path) -> None:

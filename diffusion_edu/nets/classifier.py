@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .unet import Downsample, ResBlock, SelfAttention, TimeEmbedding, group_norm
+from .unet import Downsample, ResBlock, SelfAttention, TimeEmbedding, _run, group_norm
 
 __all__ = ["Classifier"]
 
@@ -88,9 +88,7 @@ class Classifier(nn.Module):
             emb = self.time_embed(t.expand(x.shape[0]) if t.ndim == 0 else t)  # (B, 4 base)
         elif t is not None:
             raise ValueError("t was given but this classifier is not time-conditional")
-        h = self.input_conv(x)  # (B, base, H, W)
-        for layer in self.blocks:
-            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+        h = _run(self.blocks, self.input_conv(x), emb)  # (B, C, H / 2^(L-1), W / 2^(L-1))
         return F.silu(self.norm(h)).mean(dim=(2, 3))  # (B, C)
 
     def forward(self, x: torch.Tensor, t=None) -> torch.Tensor:

@@ -1,11 +1,11 @@
 r"""The command line: ``python -m diffusion_edu {train, sample, bench}``.
 
 Train a DDPM (Ho et al., 2020) image model with the library's :class:`~diffusion_edu.nets.unet.UNet`,
-:func:`~diffusion_edu.losses.ddpm_loss` and :func:`~diffusion_edu.train.train`::
+:func:`~diffusion_edu.losses.ddpm_loss` and :func:`~diffusion_edu.training.train`::
 
     python -m diffusion_edu train --dataset digits --steps 3000 --device cuda --out runs/digits
     python -m diffusion_edu train --out runs/digits --steps 6000 --resume   # continue exactly
-    python -m diffusion_edu sample --checkpoint runs/digits/model.pt --sampler ddim --steps 50 --out grid.png
+    python -m diffusion_edu sample --checkpoint runs/digits/model.pt --sampler dpm_solver --steps 10 --out grid.png
     python -m diffusion_edu bench --config digits --device cpu
 
 The same training runs on several GPUs (or CPU processes) with PyTorch DDP::
@@ -29,12 +29,15 @@ from pathlib import Path
 
 import torch
 
+from . import samplers
+from .denoiser import Denoiser, clip_x0
+from .guidance import cfg
 from .losses import ddpm_loss
 from .nets.unet import UNet
+from .parameterization import PREDICTIONS
 from .plot import save_images
-from .samplers import clip_x0, ddim, ddpm_ancestral
-from .schedules import alphas_cumprod, ddim_timesteps, ddpm_betas
-from .train import load_model, save_model, train
+from .schedules import SPACINGS, DDPMSchedule, alphas_cumprod, ddpm_betas, time_grid
+from .training import load_model, save_model, train
 
 __all__ = ["main", "build_parser"]
 
@@ -42,8 +45,15 @@ __all__ = ["main", "build_parser"]
 _RUN_SETTINGS = (
     "dataset", "data_root", "size", "batch_size", "lr", "base_channels", "channel_mults",
     "num_res_blocks", "attention_resolutions", "dropout", "class_conditional", "label_dropout",
-    "schedule", "timesteps", "ema_decay", "grad_clip", "seed",
+    "schedule", "timesteps", "prediction", "ema_decay", "grad_clip", "seed",
 )
+
+# name on the command line -> (sampler, takes a generator)
+SAMPLERS = {
+    "ddpm": (samplers.ddpm_ancestral, True), "ddim": (samplers.ddim, True), "heun": (samplers.heun, True),
+    "dpm_solver": (samplers.dpm_solver, False), "euler_maruyama": (samplers.euler_maruyama, True),
+    "probability_flow": (samplers.probability_flow, False),
+}
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -76,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--label-dropout", type=float, default=0.1, help="with --class-conditional: P(label -> null)")
     t.add_argument("--schedule", default="cosine", choices=("linear", "cosine"))
     t.add_argument("--timesteps", type=int, default=1000)
+    t.add_argument("--prediction", default="eps", choices=PREDICTIONS,
+                   help="what the network predicts (trained by MSE on its own target)")
     t.add_argument("--ema-decay", type=float, default=0.999)
     t.add_argument("--grad-clip", type=float, default=1.0)
     t.add_argument("--checkpoint-every", type=int, default=500)
@@ -91,17 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="sample a trained model into a PNG grid")
     s.add_argument("--checkpoint", required=True, help="model.pt of a run")
-    s.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm"))
-    s.add_argument("--steps", type=int, default=50, help="DDIM steps (DDPM always uses every step)")
+    s.add_argument("--sampler", default="ddim", choices=tuple(SAMPLERS))
+    s.add_argument("--steps", type=int, default=None,
+                   help="sampling steps (default: 50; ddpm: every training step)")
+    s.add_argument("--spacing", default="leading", choices=SPACINGS,
+                   help="time grid (diffusers' 'leading', 'trailing', 'linspace'; 'uniform', 'logsnr', 'karras')")
+    s.add_argument("--order", type=int, default=2, choices=(1, 2, 3), help="dpm_solver: order")
+    s.add_argument("--method", default="heun", choices=samplers.ODE_METHODS, help="probability_flow: integrator")
     s.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 deterministic, 1 DDPM-like)")
+    s.add_argument("--churn", type=float, default=0.0, help="heun: S_churn of Karras et al. (2022)")
     s.add_argument("--num-samples", type=int, default=64)
     s.add_argument("--no-clip", action="store_true",
                    help="do not clip the predicted clean image to [-1, 1] at each step")
     s.add_argument("--nrow", type=int, default=8)
     s.add_argument("--labels", type=_ints, default=None,
                    help="class-conditional models: labels to cycle through (default 0..K-1)")
-    s.add_argument("--guidance", type=float, default=0.0,
-                   help="classifier-free guidance weight w: (1 + w) eps(x, y) - w eps(x)")
+    s.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance weight w: eps(x) + w (eps(x, y) - eps(x)); 1 = conditional")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default=None)
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -139,7 +157,8 @@ def _train(args) -> int:
             raise SystemExit(f"--resume: no run to resume in {out} (config.json is missing)")
         saved = json.loads((out / "config.json").read_text())
         for key in _RUN_SETTINGS:  # the run's settings win over the command line
-            setattr(args, key, tuple(saved[key]) if isinstance(saved[key], list) else saved[key])
+            if key in saved:
+                setattr(args, key, tuple(saved[key]) if isinstance(saved[key], list) else saved[key])
     elif state_path.exists():
         raise SystemExit(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
 
@@ -149,7 +168,8 @@ def _train(args) -> int:
     num_classes = int(y.max()) + 1 if args.class_conditional else None
     net = UNet(x.shape[1], x.shape[1], args.base_channels, args.channel_mults, args.num_res_blocks,
                args.attention_resolutions, args.dropout, num_classes)
-    abar = alphas_cumprod(ddpm_betas(args.timesteps, args.schedule))
+    schedule = DDPMSchedule(alphas_cumprod(ddpm_betas(args.timesteps, args.schedule)))
+    prediction = getattr(args, "prediction", "eps")
     cuda = device.type == "cuda"
     bf16 = cuda if args.bf16 is None else args.bf16
     channels_last = cuda if args.channels_last is None else args.channels_last
@@ -167,8 +187,8 @@ def _train(args) -> int:
     def loss_fn(model, batch, g):
         images, labels = batch
         if num_classes is None:
-            return ddpm_loss(model, images, abar, generator=g)
-        return ddpm_loss(model, images, abar, generator=g, y=labels,
+            return ddpm_loss(model, images, schedule, prediction=prediction, generator=g)
+        return ddpm_loss(model, images, schedule, prediction=prediction, generator=g, y=labels,
                          label_dropout=args.label_dropout, null_label=null)
 
     # every process draws its own batches: one generator per rank, restored on --resume
@@ -187,13 +207,14 @@ def _train(args) -> int:
     if rank == 0:
         ema = result.ema_model.to(memory_format=torch.contiguous_format)
         meta = dict(dataset=args.dataset, image_size=x.shape[-1], channels=x.shape[1],
-                    schedule=args.schedule, timesteps=args.timesteps, step=args.steps)
+                    schedule=args.schedule, timesteps=args.timesteps, prediction=prediction, step=args.steps)
         save_model(ema, out / "model.pt", meta=meta)
         (out / "losses.txt").write_text("".join(f"{v:.6g}\n" for v in result.losses))
         if args.num_samples:
             g = torch.Generator().manual_seed(args.seed)
-            samples = _generate(ema, abar, x.shape[-1], "ddim", 50, 0.0, args.num_samples, labels=None,
-                                guidance=0.0, generator=g, device=device)
+            den = clip_x0(Denoiser(ema, schedule, prediction))
+            x_T = torch.randn((args.num_samples, x.shape[1], x.shape[-1], x.shape[-1]), generator=g).to(device)
+            samples = samplers.ddim(den, x_T, time_grid(schedule, 50, "leading"))
             save_images(samples, out / "samples.png", nrow=8)
         print(f"wrote {out / 'model.pt'}; final loss (mean of the last 100 steps) "
               f"{sum(result.losses[-100:]) / max(1, len(result.losses[-100:])):.4f}", file=sys.stderr)
@@ -212,7 +233,7 @@ def _load(args):
         raise SystemExit("--size applies to --dataset digits only")
     if not args.data_root:
         raise SystemExit(f"--dataset {args.dataset} needs --data-root (the files are never downloaded)")
-    from .datasets import load_image_dataset
+    from .data import load_image_dataset
 
     return load_image_dataset(args.dataset, args.data_root, "train")
 
@@ -260,47 +281,41 @@ def _sample(args) -> int:
         raise SystemExit(f"{args.checkpoint} is not a model.pt written by `python -m diffusion_edu train`")
     device = _device(args.device)
     net.to(device)
-    abar = alphas_cumprod(ddpm_betas(meta["timesteps"], meta["schedule"]))
-    labels = None
+    schedule = DDPMSchedule(alphas_cumprod(ddpm_betas(meta["timesteps"], meta["schedule"])))
+    den = Denoiser(net, schedule, meta.get("prediction", "eps"))
     if net.num_classes is not None:
         cycle = args.labels or tuple(range(net.num_classes))
         if any(not 0 <= c <= net.num_classes for c in cycle):
             raise SystemExit(f"--labels must lie in 0..{net.num_classes} ({net.num_classes} = null class)")
-        labels = torch.tensor([cycle[i % len(cycle)] for i in range(args.num_samples)])
-    elif args.labels or args.guidance:
+        labels = torch.tensor([cycle[i % len(cycle)] for i in range(args.num_samples)], device=device)
+        null = torch.full_like(labels, net.null_label)
+        den = cfg(den.bind(y=labels), den.bind(y=null), args.guidance)  # classifier-free guidance
+    elif args.labels or args.guidance != 1.0:
         raise SystemExit("--labels and --guidance need a class-conditional model")
+    if not args.no_clip:
+        den = clip_x0(den)
+    steps = args.steps or (meta["timesteps"] if args.sampler == "ddpm" else 50)
+    try:
+        ts = time_grid(schedule, steps, args.spacing)
+    except ValueError as e:
+        raise SystemExit(f"--steps/--spacing: {e}") from None
+    sampler, stochastic = SAMPLERS[args.sampler]
+    kw = {"generator": torch.Generator().manual_seed(args.seed + 1)} if stochastic else {}
+    kw.update({"ddim": {"eta": args.eta}, "dpm_solver": {"order": args.order}, "heun": {"s_churn": args.churn},
+               "probability_flow": {"method": args.method}}.get(args.sampler, {}))
     g = torch.Generator().manual_seed(args.seed)
-    x = _generate(net, abar, meta["image_size"], args.sampler, args.steps, args.eta, args.num_samples,
-                  labels=labels, guidance=args.guidance, generator=g, device=device, clip=not args.no_clip)
+    x_T = torch.randn((args.num_samples, net.in_channels, meta["image_size"], meta["image_size"]), generator=g)
+    try:
+        x = sampler(den, x_T.to(device), ts, **kw)
+    except ValueError as e:
+        raise SystemExit(f"--sampler {args.sampler}: {e}") from None
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_images(x, args.out, nrow=args.nrow)
     if args.save_tensor:
         torch.save(x.cpu(), args.save_tensor)
-    print(f"wrote {args.num_samples} samples ({args.sampler}, "
-          f"{meta['timesteps'] if args.sampler == 'ddpm' else args.steps} steps) to {args.out}", file=sys.stderr)
+    print(f"wrote {args.num_samples} samples ({args.sampler}, {steps} steps, {args.spacing} spacing, "
+          f"{den.nfe} model calls) to {args.out}", file=sys.stderr)
     return 0
-
-
-@torch.no_grad()
-def _generate(net, abar, size, sampler, steps, eta, n, *, labels, guidance, generator, device, clip=True):
-    """``n`` samples ``(n, C, size, size)`` from ``net``; with labels, classifier-free guidance
-    of weight ``guidance``; ``clip``: the predicted clean image is clipped to [-1, 1]
-    (:func:`~diffusion_edu.samplers.clip_x0`)."""
-    C = net.in_channels
-    x = torch.randn((n, C, size, size), generator=generator).to(device)
-    if labels is None:
-        eps_fn = net
-    else:
-        from .guidance import cfg_eps
-
-        eps_fn = cfg_eps(net, labels.to(device), guidance)
-    if clip:
-        eps_fn = clip_x0(eps_fn, abar)
-    if sampler == "ddpm":
-        return ddpm_ancestral(eps_fn, abar, x, generator)
-    if not 1 <= steps <= len(abar):
-        raise SystemExit(f"--steps must lie in 1..{len(abar)}, got {steps}")
-    return ddim(eps_fn, abar, x, ddim_timesteps(len(abar), steps), eta, generator)
 
 
 # -- bench ---------------------------------------------------------------------------------

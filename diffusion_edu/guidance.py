@@ -1,51 +1,43 @@
-r"""Guidance: steering a trained diffusion model with a classifier, a second network or a loss.
+r"""Guidance: steering a trained diffusion model with a classifier, a second output or a measurement.
 
-Everything here wraps a noise prediction ``eps_fn(x, n)`` in the discrete DDPM convention of
-:mod:`diffusion_edu.samplers` (``n`` a ``(B,)`` long tensor of indices into ``alphas_cumprod``,
-``x_n = sqrt(abar_n) x_0 + sqrt(1 - abar_n) eps``), so that the existing samplers
-(:func:`~diffusion_edu.samplers.ddpm_ancestral`, :func:`~diffusion_edu.samplers.ddim`) run
-guided models unchanged. The noise prediction and the score of ``p_n`` are one line apart:
+Every function here takes :class:`~diffusion_edu.denoiser.Denoiser` objects and returns a
+Denoiser, so a guided model drives every sampler of :mod:`diffusion_edu.samplers` on any
+schedule. The whole chapter rests on Bayes' rule for scores: ``p(y)`` does not depend on ``x``, so
 
-.. math::  \nabla_x \log p_n(x) = -\frac{\varepsilon(x, n)}{\sqrt{1 - \bar\alpha_n}} .
+.. math::  \nabla_x \log p_t(x \mid y) = \nabla_x \log p_t(x) + \nabla_x \log p_t(y \mid x) ,
 
-**Classifier guidance** (Dhariwal & Nichol, 2021; the idea goes back to Sohl-Dickstein et al.,
-2015, and Song et al., 2021). Bayes' rule ``p(x | y) = p(y | x) p(x) / p(y)`` holds at every noise
-level, and ``p(y)`` does not depend on ``x``, so the conditional score is the unconditional score
-plus the gradient of a *noise-conditional* classifier:
+and with ``eps_hat = -sigma score`` the guided noise prediction is
 
-.. math::  \nabla_x \log p_n(x \mid y) = \nabla_x \log p_n(x) + \nabla_x \log p_n(y \mid x) .
+.. math::  \tilde\varepsilon(x, t) = \hat\varepsilon(x, t) - w\, \sigma(t)\, \nabla_x \log p_t(y \mid x) .
 
-With a guidance scale ``w`` in front of the classifier term (``w = 1`` is exactly the
-conditional model; ``w > 1`` samples ``p_n(x) p_n(y | x)^w``, sharper and less diverse), the
-guided noise prediction is (:func:`classifier_guided_eps`)
+**Classifier guidance** (:func:`classifier_guidance`; Dhariwal & Nichol, 2021; the idea goes back
+to Sohl-Dickstein et al., 2015, and Song et al., 2021): ``log p_t(y | x)`` is a noise-conditional
+classifier. ``w = 1`` is exactly the conditional model; ``w != 1`` follows the score of
+``p_t(x) p_t(y | x)^w``, up-weighting where the classifier is confident (sharper, less diverse)
+-- a heuristic: no single distribution has these tilted densities as its noised marginals.
 
-.. math::  \tilde\varepsilon(x, n) = \varepsilon(x, n)
-           - w \sqrt{1 - \bar\alpha_n}\; \nabla_x \log p_\phi(y \mid x, n) .
+**Classifier-free guidance** (:func:`cfg`; Ho & Salimans, 2022). One network trained with label
+dropout predicts both ``eps(x, t, y)`` and ``eps(x, t, null)``; the guided prediction is
 
-**Classifier-free guidance** (Ho & Salimans, 2022). One network trained with label dropout
-predicts both ``eps(x, n, y)`` and ``eps(x, n, null)``; the guided prediction
-(:func:`cfg_eps`) is
+.. math::  \tilde\varepsilon = \varepsilon(x, t, \varnothing) + w\, \big(\varepsilon(x, t, y) - \varepsilon(x, t, \varnothing)\big),
 
-.. math::  \tilde\varepsilon = (1 + w)\, \varepsilon(x, n, y) - w\, \varepsilon(x, n, \varnothing),
+so ``w = 1`` is the conditional model and ``w = 0`` the unconditional one (the convention of
+diffusers' ``guidance_scale``). Ho & Salimans write ``(1 + w') eps(y) - w' eps(null)``: their
+``w'`` is this ``w - 1``. It is the score of ``p(x | y)^w p(x)^{1-w}``, an *implicit* classifier
+``p(y | x)^{w - 1}`` on top of the conditional model. The combination is affine with weights summing
+to one, so it is the same in every parameterisation; it is made on the networks' raw outputs.
 
-i.e. the score of ``p(x | y)^{1+w} / p(x)^w = p(x) p(y | x)^{1+w}`` up to normalisation, an
-*implicit* classifier. Convention here: ``w = 0`` is the plain conditional model (Ho &
-Salimans's ``w``). Many codes write the guidance scale ``s = 1 + w``,
-``eps(null) + s (eps(y) - eps(null))``, so that ``s = 1`` is the conditional model.
+**Loss guidance for inverse problems: diffusion posterior sampling** (:func:`dps`; Chung et al.,
+2023, Algorithm 1). For a measurement ``y = A(x0) + sigma_y z`` the likelihood ``p(y | x_t)`` is
+intractable; DPS replaces ``p(x0 | x_t)`` by a point mass at Tweedie's estimate ``x0_hat(x_t)``:
 
-**Loss guidance for inverse problems: diffusion posterior sampling** (Chung et al., 2023,
-Algorithm 1). To sample ``p(x_0 | y)`` for a measurement ``y = A(x_0) + sigma_y z`` we need
-``grad log p_n(y | x_n)``, which is intractable; DPS approximates ``p(y | x_n)`` by
-``p(y | x_0 = x0_hat(x_n))`` with Tweedie's estimate
-``x0_hat = (x_n - sqrt(1 - abar_n) eps(x_n, n)) / sqrt(abar_n)`` and, after each ancestral step,
-moves ``x`` down the gradient (through the network) of the measurement loss (:func:`dps`):
+.. math::  \log p(y \mid x_t) \approx \log N\big(y;\ A(\hat x_0(x_t)),\ \sigma_y^2 I\big)
+           = -\frac{\| y - A(\hat x_0(x_t)) \|^2}{2 \sigma_y^2} + \text{const},
 
-.. math::  x_{n-1} \leftarrow x'_{n-1} - \zeta_n\, \nabla_{x_n}
-           \big\| y - A(\hat x_0(x_n)) \big\|^2, \qquad
-           \zeta_n = \frac{\zeta}{\| y - A(\hat x_0(x_n)) \|} .
-
-The step-size rule ``zeta_n = zeta / ||y - A(x0_hat)||`` is the paper's; it makes the step
-independent of the noise level ``sigma_y`` and of the number of observed entries.
+differentiated *through the network*. That is classifier guidance with a measurement in place
+of a classifier. With ``zeta`` given, the weight ``1 / (2 sigma_y^2)`` is replaced by the step-size
+rule of Chung et al. (2023, Algorithm 1 and Appendix C.2), ``zeta / ||y - A(x0_hat)||``, which makes
+the step independent of ``sigma_y`` and of the number of measured entries.
 """
 
 from __future__ import annotations
@@ -55,244 +47,248 @@ from typing import Callable
 
 import torch
 
-from .samplers import _after_step, _check_abar
+from .denoiser import Denoiser
+from .schedules import Schedule
 from .toy import GaussianMixture
 from .utils import append_dims, check_finite
 
 __all__ = [
-    "classifier_log_prob_grad", "classifier_guided_eps", "cfg_eps", "mixture_classifier",
-    "dps", "mask_operator", "measure", "measurement_loss", "random_mask",
+    "cfg", "classifier_guidance", "dps", "classifier_log_prob", "classifier_log_prob_grad",
+    "mixture_classifier", "mask_operator", "measure", "measurement_loss", "random_mask",
 ]
 
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LogProb = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-# -- classifier guidance ---------------------------------------------------------------------
-def classifier_log_prob_grad(classifier, x: torch.Tensor, n: torch.Tensor, y) -> torch.Tensor:
-    """``grad_x log p_phi(y | x, n)``, ``(B, *dims)``, for a classifier ``classifier(x, n)``
-    returning logits ``(B, K)`` (log-probabilities up to a per-example constant).
+# -- classifier-free guidance ------------------------------------------------------------------
+def cfg(cond: Denoiser, uncond: Denoiser, w: float) -> Denoiser:
+    r"""Classifier-free guidance (Ho & Salimans, 2022): ``uncond + w (cond - uncond)`` on the raw
+    outputs of two Denoisers with the same schedule and prediction type (typically one network
+    bound to the labels and to the null label).
 
-    The gradient of the *sum* over the batch is taken: each example's log-probability depends
-    on its own ``x`` only, so row ``b`` of the result is ``grad_{x_b} log p(y_b | x_b, n_b)``.
+    When both wrap the same network with tensor keyword arguments of the batch's length (e.g.
+    ``den.bind(y=labels)`` and ``den.bind(y=null)``), the two predictions are made in one call on
+    a doubled batch.
 
     Examples
     --------
-    >>> clf = lambda x, n: torch.stack([x[:, 0], -x[:, 0]], dim=1)  # logits (x, -x)
-    >>> g = classifier_log_prob_grad(clf, torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), 0)
-    >>> g  # d/dx log sigmoid(2x) at 0 = 1
-    tensor([[1., 0.]])
+    >>> from diffusion_edu import VPSDE
+    >>> net = lambda x, t, y: x * (y.to(x.dtype) + 1).view(-1, 1)  # toy: eps = (y + 1) x
+    >>> den = Denoiser(net, VPSDE(), "eps")
+    >>> guided = cfg(den.bind(y=torch.tensor([2])), den.bind(y=torch.tensor([0])), w=1.5)
+    >>> guided.eps(torch.ones(1, 2), 0.5)   # 1 + 1.5 * (3 - 1)
+    tensor([[4., 4.]])
     """
-    check_finite(x, "x")
-    y = _labels(y, x)
-    with torch.enable_grad():
-        x_in = x.detach().requires_grad_(True)
-        logits = classifier(x_in, n)
-        if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-            raise ValueError(f"classifier must return logits of shape ({x.shape[0]}, K), got {tuple(logits.shape)}")
-        if int(y.max()) >= logits.shape[1]:
-            raise ValueError(f"y must hold labels in 0..{logits.shape[1] - 1}, got max {int(y.max())}")
-        log_p = torch.log_softmax(logits, dim=1).gather(1, y[:, None]).sum()
-        (grad,) = torch.autograd.grad(log_p, x_in)
-    return grad.detach()
+    _check_w(w)
+    for name, d in (("cond", cond), ("uncond", uncond)):
+        if not isinstance(d, Denoiser):
+            raise ValueError(f"{name} must be a Denoiser, got {type(d).__name__}")
+    if cond.prediction != uncond.prediction:
+        raise ValueError(f"cond and uncond must predict the same thing, got {cond.prediction!r} and {uncond.prediction!r}")
+    _check_same_schedule(cond.schedule, uncond.schedule)
+    batched = cond.net is uncond.net and cond.cond.keys() == uncond.cond.keys() and all(
+        torch.is_tensor(v) and torch.is_tensor(uncond.cond[k]) for k, v in cond.cond.items())
+
+    def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if w == 1:
+            return cond.predict(x, t)
+        if w == 0:
+            return uncond.predict(x, t)
+        if batched and all(len(v) == len(x) for v in cond.cond.values()):  # one call, doubled batch
+            kw = {k: torch.cat([v, uncond.cond[k]]) for k, v in cond.cond.items()}
+            both = cond.net(torch.cat([x, x]), torch.cat([t, t]), **kw)
+            c, u = both.chunk(2)
+        else:
+            c, u = cond.predict(x, t), uncond.predict(x, t)
+        return u + w * (c - u)  # uncond + w (cond - uncond)
+
+    guided.__name__ = f"cfg(w={w:g})"
+    return Denoiser(guided, cond.schedule, cond.prediction)
 
 
-def classifier_guided_eps(
-    eps_fn: EpsFn, classifier, y, scale: float, alphas_cumprod: torch.Tensor,
-) -> EpsFn:
-    r"""Classifier guidance (Dhariwal & Nichol, 2021): the noise prediction of
-    ``p_n(x) p_phi(y | x, n)^scale``,
-
-    ``eps_tilde(x, n) = eps_fn(x, n) - scale * sqrt(1 - abar_n) * grad_x log p_phi(y | x, n)``.
+# -- classifier guidance and DPS: one mechanism --------------------------------------------------
+def classifier_guidance(denoiser: Denoiser, log_p_y: LogProb, w: float) -> Denoiser:
+    r"""Classifier guidance: the Denoiser whose noise prediction is
+    ``eps_hat(x, t) - w sigma(t) grad_x log_p_y(x, t)``, i.e. whose score is
+    ``score(x, t) + w grad_x log p_t(y | x)``.
 
     Parameters
     ----------
-    eps_fn : the unconditional noise prediction ``eps_fn(x, n)``
-    classifier : ``classifier(x, n) -> logits (B, K)``, trained on noised data ``x_n``
-    y : an int or a ``(B,)`` long tensor of target classes
-    scale : guidance scale ``w >= 0``; ``1`` is Bayes' rule exactly, ``0`` no guidance
-    alphas_cumprod : the training schedule ``abar`` ``(N,)``
-
-    Returns
-    -------
-    a callable ``eps_tilde(x, n) -> (B, *dims)`` for the discrete samplers
+    denoiser : the (unconditional) model
+    log_p_y : ``log_p_y(x, t) -> (B,)``, the differentiable ``log p_t(y | x)`` of each example at
+        schedule times ``t`` ``(B,)``, e.g. :func:`classifier_log_prob` of a noise-conditional
+        classifier
+    w : guidance weight ``>= 0``; ``1`` is Bayes' rule exactly, ``0`` no guidance
 
     Examples
     --------
-    >>> from diffusion_edu.schedules import alphas_cumprod, ddpm_betas
-    >>> abar = alphas_cumprod(ddpm_betas(100))
+    >>> from diffusion_edu.schedules import DDPMSchedule, alphas_cumprod, ddpm_betas
+    >>> sched = DDPMSchedule(alphas_cumprod(ddpm_betas(100)))
     >>> gm = GaussianMixture([[-2.0, 0.0], [2.0, 0.0]], stds=0.5)
-    >>> eps = classifier_guided_eps(gm.eps_fn(abar), mixture_classifier(gm, abar), 1, 1.0, abar)
+    >>> guided = classifier_guidance(gm.denoiser(sched), classifier_log_prob(mixture_classifier(gm, sched), 1), 1.0)
     >>> x = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    >>> n = torch.full((5,), 30)
-    >>> exact = GaussianMixture([[2.0, 0.0]], stds=0.5).eps_fn(abar)(x, n)  # class 1 alone
-    >>> torch.allclose(eps(x, n), exact, atol=1e-10)
+    >>> exact = GaussianMixture([[2.0, 0.0]], stds=0.5).denoiser(sched)   # class 1 alone
+    >>> torch.allclose(guided.eps(x, 30.0), exact.eps(x, 30.0), atol=1e-10)
     True
     """
-    abar = _check_abar(alphas_cumprod)
-    _check_scale(scale)
-
-    def guided(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        eps = eps_fn(x, n)
-        if scale == 0:
-            return eps
-        sigma = torch.sqrt(1 - abar.to(x.device)[n.to(x.device)]).to(x.dtype)  # sqrt(1 - abar_n), (B,)
-        grad = classifier_log_prob_grad(classifier, x, n, y)  # grad_x log p(y | x_n, n)
-        return eps - scale * append_dims(sigma, x.ndim) * grad.to(eps.dtype)
-
-    return guided
+    if not callable(log_p_y):
+        raise ValueError(f"log_p_y must be callable as log_p_y(x, t), got {type(log_p_y).__name__}")
+    return _guided(denoiser, log_p_y, w, through_x0=False, name=f"classifier guidance (w={w:g})")
 
 
-def mixture_classifier(gm: GaussianMixture, alphas_cumprod: torch.Tensor):
-    r"""The *exact* noise-conditional classifier of a Gaussian mixture whose components are the
-    classes: ``classifier(x, n)`` returns the logits
-    ``log w_k + log N(x; sqrt(abar_n) mu_k, S_k)``, ``(B, K)``, whose softmax is the component
-    posterior ``p(k | x_n)`` (the responsibilities of :mod:`diffusion_edu.toy`).
+def dps(
+    denoiser: Denoiser, y: torch.Tensor, operator: Callable[[torch.Tensor], torch.Tensor], *,
+    sigma_y: float, zeta: float | None = None,
+) -> Denoiser:
+    r"""Diffusion posterior sampling (Chung et al., 2023) as classifier guidance with the
+    measurement likelihood ``log N(y; A(x0_hat(x_t)), sigma_y^2 I)`` of Tweedie's estimate,
+    differentiated through the network (one network evaluation per call).
 
-    Differentiable in ``x`` (computed in float64, returned in ``x``'s dtype).
+    - ``zeta=None``: guidance weight 1, the plain approximation of ``grad log p(y | x_t)``.
+    - ``zeta`` given: Chung et al.'s step-size rule, the weight ``1 / (2 sigma_y^2)`` replaced by
+      ``zeta / ||y - A(x0_hat)||`` per example; since ``grad ||r||^2 / ||r|| = 2 grad ||r||`` this is
+      guidance by the residual's norm, and ``sigma_y`` drops out.
+
+    A reconstruction whose residual ``||y - A(x0)||`` per measured entry is well below ``sigma_y``
+    fits the noise, not the signal: the exact posterior's samples have residuals of about ``sigma_y``.
+
+    The guidance acts on the score, so a sampler's step moves ``x`` by its step size times the
+    guidance term (``beta / sqrt(1 - beta)`` for an ancestral step): strong where the noise is large
+    and ``x0_hat`` least reliable. With a learned network guide the clipped model
+    (:func:`~diffusion_edu.denoiser.clip_x0`), whose ``x0_hat`` stays in the data range; chapter 9
+    measures why.
+
+    Parameters
+    ----------
+    denoiser : the (unconditional) prior model
+    y : ``(B, m)`` or ``(B, *dims)`` measurements, one row per example
+    operator : ``A(x0) -> `` the shape of ``y``, differentiable (e.g. :func:`mask_operator`)
+    sigma_y : the measurement noise's standard deviation ``> 0``
+    zeta : step size of the normalised rule, or None
+
+    Examples
+    --------
+    >>> from diffusion_edu import ddpm_ancestral
+    >>> from diffusion_edu.schedules import DDPMSchedule, alphas_cumprod, ddpm_betas, time_grid
+    >>> sched = DDPMSchedule(alphas_cumprod(ddpm_betas(100)))
+    >>> prior = GaussianMixture([[0.0, 0.0]], stds=1.0).denoiser(sched)   # N(0, I)
+    >>> g = torch.Generator().manual_seed(0)
+    >>> post = dps(prior, torch.full((400, 1), 2.0), lambda x: x[:, :1], sigma_y=0.1)   # observe x_1 = 2
+    >>> x = ddpm_ancestral(post, torch.randn(400, 2, generator=g), time_grid(sched, 100, "leading"), generator=g)
+    >>> bool((x[:, 0] - 2).abs().mean() < 0.3), round(x[:, 1].std().item(), 1)   # x_2 stays N(0, 1)
+    (True, 1.0)
     """
+    if not (isinstance(sigma_y, (int, float)) and sigma_y > 0 and math.isfinite(sigma_y)):
+        raise ValueError(f"sigma_y must be a finite float > 0, got {sigma_y!r}")
+    check_finite(y, "y")
+    if zeta is not None:
+        _check_w(zeta, "zeta")
+
+    def log_likelihood(x0_hat: torch.Tensor) -> torch.Tensor:  # (B,)
+        Ax = operator(x0_hat)
+        if y.shape != Ax.shape:
+            raise ValueError(f"y must have the shape of A(x0), {tuple(Ax.shape)} (one row per example), "
+                             f"got {tuple(y.shape)}")
+        r = y.to(x0_hat.device, x0_hat.dtype) - Ax
+        sq = r.pow(2).flatten(1).sum(1)  # ||y - A(x0_hat)||^2
+        if zeta is None:
+            return -sq / (2 * sigma_y**2)  # log N(y; A(x0_hat), sigma_y^2 I) + const
+        return -zeta * sq / sq.detach().sqrt().clamp_min(1e-12)  # step-size rule zeta / ||r||
+
+    return _guided(denoiser, log_likelihood, 1.0, through_x0=True,
+                   name="DPS" + (f" (zeta={zeta:g})" if zeta is not None else ""))
+
+
+def _guided(denoiser: Denoiser, log_p, w: float, *, through_x0: bool, name: str) -> Denoiser:
+    """``eps_hat - w sigma grad_x log p``: ``log_p(x, t)`` of the noisy input, or, with
+    ``through_x0``, ``log_p(x0_hat)`` of the denoised estimate (the gradient then flows through
+    the network, which is evaluated once)."""
+    if not isinstance(denoiser, Denoiser):
+        raise ValueError(f"denoiser must be a Denoiser, got {type(denoiser).__name__}")
+    _check_w(w)
+    sched = denoiser.schedule
+
+    def guided_eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if w == 0:
+            return denoiser.eps(x, t)
+        sigma = sched.marginal(t)[1].to(x.device)  # (B,)
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            if through_x0:
+                x0_hat, eps = denoiser.x0_eps(x_in, t)
+                log_prob = log_p(x0_hat)
+            else:
+                eps = denoiser.eps(x, t)
+                log_prob = log_p(x_in, t)
+            if log_prob.shape != (x.shape[0],):
+                raise ValueError(f"the log-likelihood must return shape ({x.shape[0]},), got {tuple(log_prob.shape)}")
+            (grad,) = torch.autograd.grad(log_prob.sum(), x_in)  # row b: grad of example b's log p
+        return eps.detach() - w * append_dims(sigma, x.ndim).to(x.dtype) * grad  # eps - w sigma grad
+
+    guided_eps.__name__ = name
+    return Denoiser(guided_eps, sched, "eps")
+
+
+# -- classifiers ---------------------------------------------------------------------------------
+def classifier_log_prob(classifier, y) -> LogProb:
+    """``log_p_y(x, t) = log softmax(classifier(x, t))[y]``, ``(B,)``, for a classifier
+    returning logits ``(B, K)``; ``y`` an int or a ``(B,)`` long tensor of target classes.
+
+    Examples
+    --------
+    >>> clf = lambda x, t: torch.stack([x[:, 0], -x[:, 0]], dim=1)   # logits (x, -x)
+    >>> classifier_log_prob(clf, 0)(torch.zeros(2, 1), torch.zeros(2))   # log 1/2
+    tensor([-0.6931, -0.6931])
+    """
+
+    def log_p(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        labels = _labels(y, x)
+        logits = classifier(x, t)
+        if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+            raise ValueError(f"classifier must return logits of shape ({x.shape[0]}, K), got {tuple(logits.shape)}")
+        if int(labels.max()) >= logits.shape[1]:
+            raise ValueError(f"y must hold labels in 0..{logits.shape[1] - 1}, got max {int(labels.max())}")
+        return torch.log_softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)
+
+    return log_p
+
+
+def classifier_log_prob_grad(classifier, x: torch.Tensor, t: torch.Tensor, y) -> torch.Tensor:
+    """``grad_x log p_phi(y | x, t)``, ``(B, *dims)``, for a classifier ``classifier(x, t)``
+    returning logits ``(B, K)``. Row ``b`` is ``grad_{x_b} log p(y_b | x_b, t_b)``.
+
+    Examples
+    --------
+    >>> clf = lambda x, t: torch.stack([x[:, 0], -x[:, 0]], dim=1)  # logits (x, -x)
+    >>> classifier_log_prob_grad(clf, torch.zeros(1, 2), torch.zeros(1), 0)  # d/dx log sigmoid(2x) at 0
+    tensor([[1., 0.]])
+    """
+    check_finite(x, "x")
+    with torch.enable_grad():
+        x_in = x.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(classifier_log_prob(classifier, y)(x_in, t).sum(), x_in)
+    return grad.detach()
+
+
+def mixture_classifier(gm: GaussianMixture, schedule: Schedule):
+    r"""The *exact* noise-conditional classifier of a Gaussian mixture whose components are the
+    classes: ``classifier(x, t)`` returns the logits ``log w_k + log N(x; alpha(t) mu_k, S_k(t))``,
+    ``(B, K)``, whose softmax is the component posterior ``p_t(k | x)`` (the responsibilities of
+    :mod:`diffusion_edu.toy`). Differentiable in ``x`` (computed in float64, returned in ``x``'s
+    dtype); ``t`` are schedule times."""
     if not isinstance(gm, GaussianMixture):
         raise ValueError(f"gm must be a GaussianMixture, got {type(gm).__name__}")
-    abar = _check_abar(alphas_cumprod)
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule must be a Schedule, got {type(schedule).__name__}")
 
-    def classifier(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        n = torch.as_tensor(n).long().expand(x.shape[0])
-        a = abar.to(x.device)[n.to(x.device)]  # (B,)
-        log_joint = gm.log_joint(x, a.sqrt(), (1 - a).sqrt())  # log w_k N_k(x), (B, K)
-        return log_joint.to(x.dtype)
+    def classifier(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        alpha, sigma = schedule.marginal(schedule._time(torch.as_tensor(t).detach().cpu(), batch=x.shape[0]))
+        return gm.log_joint(x, alpha.to(x.device), sigma.to(x.device)).to(x.dtype)  # log w_k N_k(x)
 
     return classifier
 
 
-# -- classifier-free guidance ------------------------------------------------------------------
-def cfg_eps(net, y, scale: float, *, null_label: int | None = None) -> EpsFn:
-    r"""Classifier-free guidance (Ho & Salimans, 2022):
-
-    ``eps_tilde(x, n) = (1 + w) net(x, n, y) - w net(x, n, null_label)``, ``w = scale``.
-
-    ``w = 0`` is the conditional model; the guidance scale ``s = 1 + w`` of other codes is the
-    same rule written ``eps_null + s (eps_y - eps_null)``. The two predictions are made in one
-    call on a doubled batch.
-
-    Parameters
-    ----------
-    net : ``net(x, n, y) -> (B, *dims)``, trained with label dropout
-    y : an int or a ``(B,)`` long tensor of classes
-    scale : ``w >= 0``
-    null_label : label of the null class; default ``net.null_label``
-
-    Examples
-    --------
-    >>> net = lambda x, n, y: x * (y.to(x.dtype) + 1).view(-1, 1)  # toy: eps = (y + 1) x
-    >>> eps = cfg_eps(net, 2, scale=0.5, null_label=0)
-    >>> eps(torch.ones(1, 2), torch.zeros(1, dtype=torch.long))  # 1.5 * 3 - 0.5 * 1
-    tensor([[4., 4.]])
-    """
-    _check_scale(scale)
-    if null_label is None:
-        null_label = getattr(net, "null_label", None)
-        if null_label is None:
-            raise ValueError("null_label must be given: net has no .null_label (is it class-conditional?)")
-    if not isinstance(null_label, int):
-        raise ValueError(f"null_label must be an int, got {null_label!r}")
-
-    def guided(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        labels = _labels(y, x)
-        if scale == 0:
-            return net(x, n, labels)
-        null = torch.full_like(labels, null_label)
-        both = net(torch.cat([x, x]), torch.cat([n, n]), torch.cat([labels, null]))
-        eps_y, eps_null = both.chunk(2)  # conditional and unconditional predictions
-        return (1 + scale) * eps_y - scale * eps_null
-
-    return guided
-
-
-# -- loss guidance: diffusion posterior sampling ---------------------------------------------
-def dps(
-    eps_fn: EpsFn, alphas_cumprod: torch.Tensor, x: torch.Tensor,
-    measurement_loss: Callable[[torch.Tensor], torch.Tensor], step_size: float,
-    generator: torch.Generator | None = None, *, timesteps=None, normalize: bool = True,
-    variance: str = "beta_tilde", callback=None,
-) -> torch.Tensor:
-    r"""Diffusion posterior sampling (Chung et al., 2023, Algorithm 1): DDPM ancestral steps,
-    each followed by a gradient step on the measurement loss of Tweedie's estimate.
-
-    At index ``n`` (next index ``m``; ``abar_m = 1`` after the last):
-
-    - ``x0_hat = (x - sqrt(1 - abar_n) eps(x, n)) / sqrt(abar_n)`` (gradient kept),
-    - ``x' = (x - beta / sqrt(1 - abar_n) eps) / sqrt(1 - beta) + sigma z``,
-      ``beta = 1 - abar_n / abar_m``, exactly the step of
-      :func:`~diffusion_edu.samplers.ddpm_ancestral` (no noise at the last step),
-    - ``x <- x' - zeta_n grad_x L(x0_hat(x))`` with ``L = measurement_loss``;
-      ``zeta_n = step_size / sqrt(L)`` per example (``normalize=True``, the paper's rule for
-      ``L = ||y - A(x0_hat)||^2``) or ``zeta_n = step_size`` (``normalize=False``).
-
-    Parameters
-    ----------
-    eps_fn : the (unconditional) noise prediction ``eps_fn(x, n)``; it must be differentiable
-    alphas_cumprod : training schedule ``(N,)``
-    x : starting noise ``(B, *dims)``
-    measurement_loss : ``L(x0_hat) -> (B,)``, e.g. :func:`measurement_loss` ``||y - A(x)||^2``
-    step_size : ``zeta >= 0``; ``0`` gives ancestral sampling of the prior
-    timesteps : decreasing indices to visit (default: all ``N - 1 .. 0``, i.e. the training
-        chain); a shorter list runs the ancestral sampler of the respaced chain
-    variance : ``"beta_tilde"`` (posterior variance, default) or ``"beta"``
-
-    Returns
-    -------
-    samples ``(B, *dims)`` approximately from ``p(x_0 | y)``
-
-    Examples
-    --------
-    >>> from diffusion_edu.schedules import alphas_cumprod, ddpm_betas
-    >>> abar = alphas_cumprod(ddpm_betas(100))
-    >>> eps_fn = GaussianMixture([[0.0, 0.0]], stds=1.0).eps_fn(abar)  # prior N(0, I)
-    >>> loss = measurement_loss(torch.full((200, 1), 2.0), lambda x: x[:, :1])  # observe x_1 = 2
-    >>> g = torch.Generator().manual_seed(0)
-    >>> x = dps(eps_fn, abar, torch.randn(200, 2, generator=g), loss, 0.05, g)
-    >>> bool((x[:, 0] - 2).abs().max() < 0.3), round(x[:, 1].std().item(), 1)  # x_1 ~ 2, x_2 ~ N(0, 1)
-    (True, 0.9)
-    """
-    abar = _check_abar(alphas_cumprod)
-    check_finite(x, "x")
-    if not (isinstance(step_size, (int, float)) and step_size >= 0 and math.isfinite(step_size)):
-        raise ValueError(f"step_size must be a finite float >= 0, got {step_size!r}")
-    if variance not in ("beta", "beta_tilde"):
-        raise ValueError(f"variance must be 'beta' or 'beta_tilde', got {variance!r}")
-    ts = torch.arange(len(abar) - 1, -1, -1) if timesteps is None else torch.as_tensor(timesteps)
-    if ts.ndim != 1 or len(ts) == 0 or ts.dtype.is_floating_point:
-        raise ValueError(f"timesteps must be a non-empty 1-D sequence of ints, got {timesteps!r}")
-    if (ts[1:] >= ts[:-1]).any() or ts.min() < 0 or ts.max() >= len(abar):
-        raise ValueError(f"timesteps must decrease strictly within [0, {len(abar) - 1}], got {ts.tolist()}")
-    B = x.shape[0]
-    for i, n in enumerate(ts.tolist()):
-        a = abar[n].item()
-        a_prev = abar[ts[i + 1]].item() if i + 1 < len(ts) else 1.0
-        beta = 1 - a / a_prev
-        nb = torch.full((B,), n, dtype=torch.long, device=x.device)
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(step_size > 0)
-            eps = eps_fn(x_in, nb)
-            if step_size > 0:
-                x0_hat = (x_in - math.sqrt(1 - a) * eps) / math.sqrt(a)  # Tweedie, through the net
-                loss = measurement_loss(x0_hat)  # (B,)
-                if loss.shape != (B,):
-                    raise ValueError(f"measurement_loss must return shape ({B},), got {tuple(loss.shape)}")
-                (grad,) = torch.autograd.grad(loss.sum(), x_in)
-        eps = eps.detach()
-        x_next = (x - beta / math.sqrt(1 - a) * eps) / math.sqrt(1 - beta)  # posterior mean
-        if i + 1 < len(ts):
-            var = beta if variance == "beta" else (1 - a_prev) / (1 - a) * beta
-            z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-            x_next = x_next + math.sqrt(var) * z
-        if step_size > 0:
-            zeta = step_size / loss.detach().clamp_min(1e-12).sqrt() if normalize else torch.full_like(loss, step_size)
-            x_next = x_next - append_dims(zeta.to(x.dtype), x.ndim) * grad  # measurement step
-        x = x_next.detach()
-        _after_step(x, i, n, callback)
-    return x
-
-
+# -- measurements ----------------------------------------------------------------------------------
 def mask_operator(mask: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """Inpainting as a linear operator: ``A(x) = x[:, mask]`` flattened to ``(B, m)``, the ``m``
     observed entries, for a boolean (or 0/1) ``mask`` of shape ``dims`` shared by the batch.
@@ -340,7 +336,7 @@ def measure(
 def measurement_loss(
     y: torch.Tensor, operator: Callable[[torch.Tensor], torch.Tensor],
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The squared residual ``L(x) = ||y - A(x)||^2`` per example, ``(B,)``, for :func:`dps`.
+    """The squared residual ``L(x) = ||y - A(x)||^2`` per example, ``(B,)``.
 
     Examples
     --------
@@ -372,7 +368,15 @@ def _labels(y, x: torch.Tensor) -> torch.Tensor:
     return y.long().to(x.device)
 
 
-def _check_scale(scale) -> None:
-    if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale >= 0
-            and math.isfinite(scale)):
-        raise ValueError(f"scale must be a finite float >= 0, got {scale!r}")
+def _check_w(w, name: str = "w") -> None:
+    if not (isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 and math.isfinite(w)):
+        raise ValueError(f"{name} must be a finite float >= 0, got {w!r}")
+
+
+def _check_same_schedule(a: Schedule, b: Schedule) -> None:
+    """Two Denoisers are combined only on the same noising process (same class, same marginals)."""
+    if type(a) is not type(b):
+        raise ValueError(f"cond and uncond must share a schedule, got {type(a).__name__} and {type(b).__name__}")
+    ts = torch.linspace(a.t_eps, a.T, 5, dtype=torch.float64)
+    if not all(torch.allclose(p, q) for p, q in zip(a.marginal(ts), b.marginal(ts))):
+        raise ValueError(f"cond and uncond must share a schedule, got {a!r} and {b!r}")

@@ -25,8 +25,8 @@ offset ``log(1 / bin width)`` per dimension converts it into a bound on the prob
 discrete data (:func:`bits_per_dim`).
 
 Indexing follows :mod:`diffusion_edu.schedules`: entry ``n`` of ``alphas_cumprod`` is Ho et al.'s
-``abar_{n+1}`` and ``eps_fn(x, n)`` is called with 0-based indices; Ho's ``L_{n}`` is the term
-that trains ``eps_fn`` at index ``n``.
+``abar_{n+1}`` and the network is called with 0-based indices; Ho's ``L_{n}`` is the term
+that trains the network at index ``n``.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 
-from .sde import SDE
+from .denoiser import Denoiser
+from .schedules import DDPMSchedule, Schedule, check_alphas_cumprod, time_grid
 from .utils import check_finite
 
 __all__ = [
@@ -46,12 +46,10 @@ __all__ = [
     "discretized_gaussian_log_likelihood", "bits_per_dim", "dequantize",
 ]
 
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
 
 # -- the probability-flow ODE ----------------------------------------------------------------
 def divergence(
-    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, t: torch.Tensor,
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, t: float | torch.Tensor,
     probe: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(v, div v)`` of the field ``v = fn(x, t)`` at ``x`` of shape ``(B, *dims)``.
@@ -87,42 +85,48 @@ def divergence(
 
 
 def log_likelihood(
-    score_fn: ScoreFn, sde: SDE, x: torch.Tensor, steps: int = 100,
-    exact_divergence: bool = False, generator: torch.Generator | None = None, *,
-    method: str = "heun", probe: str = "rademacher", t_eps: float | None = None,
-    grid: str = "logsnr",
+    denoiser: Denoiser, x: torch.Tensor, ts: int | torch.Tensor = 100, *, exact_divergence: bool = False,
+    generator: torch.Generator | None = None, method: str = "heun", probe: str = "rademacher",
+    t_eps: float | None = None, grid: str = "logsnr", rtol: float = 1e-5, atol: float = 1e-5,
+    max_nfe: int = 100_000, info: dict | None = None,
 ) -> torch.Tensor:
-    r"""Log-density of ``x`` (nats per example) under the probability-flow ODE of ``score_fn``.
+    r"""Log-density of ``x`` (nats per example) under the probability-flow ODE of ``denoiser``.
 
-    Integrates ``x`` and ``int div v dt`` forward from ``t_eps`` to ``T`` in ``steps`` steps and
-    returns ``log p_T(x_T) + int_{t_eps}^T div v(x_t, t) dt``, where ``p_T`` is the reference
-    ``N(0, prior_std^2 I)`` of ``sde`` (the prior mismatch ``p_T != N(0, .)`` is part of the model).
+    Integrates ``x`` and ``int div v dt`` forward in time, from the data end of the grid to ``T``,
+    with :func:`~diffusion_edu.samplers.solve_ode` (the samplers' integrator) on the velocity
+    ``v = denoiser.velocity``, and returns ``log p_T(x_T) + int div v(x_t, t) dt``, where ``p_T``
+    is the schedule's reference ``N(0, prior_std^2 I)`` (the prior mismatch ``p_T != N(0, .)`` is part
+    of the model).
 
     **The grid.** Near the data the ODE is stiff: ``dv/dx ~ g^2 / (2 sigma^2)``, which is
     ``~1 / (2 t)`` for the VP and Brownian processes, so a uniform grid in ``t`` makes an explicit
     method unstable at its first steps once the score is sharp (a well-trained network on data
-    with hard edges). The default ``grid="logsnr"`` spaces the times uniformly in the
-    log signal-to-noise ratio ``log(alpha^2 / sigma^2)``: geometric in ``t`` near 0 for VP (steps
-    proportional to ``t``), uniform in ``t`` for VE. ``grid="uniform"``: uniform in ``t``.
+    with hard edges). With ``ts`` an int, the default ``grid="logsnr"`` spaces the times uniformly
+    in the log signal-to-noise ratio (:func:`~diffusion_edu.schedules.time_grid`): geometric in
+    ``t`` near 0 for VP (steps proportional to ``t``), uniform in ``t`` for VE. ``grid="uniform"``:
+    uniform in ``t``. ``ts`` may also be a monotone tensor of times (either order).
 
-    **The t_eps truncation.** The integral starts at ``t_eps`` (default ``sde.t_eps``), not at 0,
-    because the score of data with atoms or narrow modes is singular at ``t = 0``. The result is
-    therefore the log-density of the model's ``p_{t_eps}``, the data slightly noised
-    (``sigma(t_eps) = 0.01`` for the default ``VPSDE``), evaluated at ``x`` -- what Song et al.
-    (2021) report. For a smooth data density the difference is ``O(sigma(t_eps)^2)``; for
-    discrete data the answer is a density, not a probability: dequantise first
-    (:func:`dequantize`, :func:`bits_per_dim`).
+    **The t_eps truncation.** The integral starts at ``t_eps`` (default ``schedule.t_eps``, or, where
+    that is the noise-free data, the least noisy time of the log-SNR grid), not at 0, because the
+    score of data with atoms or narrow modes is singular at ``t = 0``. The result is therefore the
+    log-density of the model's ``p_{t_eps}``, the data slightly noised (``sigma(t_eps) = 0.01`` for
+    the default ``VPSDE``), evaluated at ``x`` -- what Song et al. (2021) report. For a smooth data
+    density the difference is ``O(sigma(t_eps)^2)``; for discrete data the answer is a density, not
+    a probability: dequantise first (:func:`dequantize`, :func:`bits_per_dim`).
 
     Parameters
     ----------
-    score_fn : ``score_fn(x, t)`` with ``t`` a ``(B,)`` tensor, returning ``grad log p_t`` ``(B, *dims)``
+    denoiser : the model (any schedule, any prediction type)
     x : ``(B, *dims)`` the points whose log-density is wanted
-    steps : number of integration steps
+    ts : number of integration steps, or a grid of times
     exact_divergence : exact trace (``D`` autograd passes per evaluation, for small ``D``);
-        else Hutchinson's estimator with one probe per example, drawn once from ``generator``
-        and kept for the whole path (FFJORD's choice, so that the path integral is unbiased)
-    method : ``"euler"``, ``"heun"`` (2nd order, default) or ``"rk4"`` (4th order)
+        else Hutchinson's estimator ``z^T (dv/dx) z`` with one probe per example, drawn once from
+        ``generator`` and kept for the whole path. Fresh probes at every evaluation would be
+        unbiased too; a fixed probe makes the integrand a smooth deterministic function of ``t``,
+        which adaptive solvers need (the choice of FFJORD, Grathwohl et al., 2019)
+    method : ``"euler"``, ``"heun"`` (default), ``"rk4"`` or ``"rk45"`` (adaptive, ``rtol``/``atol``)
     probe : ``"rademacher"`` (lower variance) or ``"gaussian"``
+    info : a dict that receives ``info["nfe"]``, the number of velocity evaluations
 
     Returns
     -------
@@ -135,58 +139,74 @@ def log_likelihood(
     >>> from diffusion_edu import VPSDE, GaussianMixture
     >>> sde, gm = VPSDE(), GaussianMixture([[0.5, -0.5]], stds=0.5)
     >>> x = gm.sample(5, generator=torch.Generator().manual_seed(0)).double()
-    >>> lp = log_likelihood(gm.score_fn(sde), sde, x, steps=100, exact_divergence=True)
+    >>> lp = log_likelihood(gm.denoiser(sde), x, 100, exact_divergence=True)
     >>> bool((lp - gm.log_prob(x)).abs().max() < 0.01)
     True
     """
-    if method not in ("euler", "heun", "rk4"):
-        raise ValueError(f"method must be 'euler', 'heun' or 'rk4', got {method!r}")
+    from .samplers import ODE_METHODS, solve_ode
+
+    if not isinstance(denoiser, Denoiser):
+        raise ValueError(f"denoiser must be a Denoiser, got {type(denoiser).__name__}")
+    if method not in ODE_METHODS:
+        raise ValueError(f"method must be one of {ODE_METHODS}, got {method!r}")
     if grid not in ("logsnr", "uniform"):
         raise ValueError(f"grid must be 'logsnr' or 'uniform', got {grid!r}")
     if probe not in ("rademacher", "gaussian"):
         raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
     if not torch.is_tensor(x) or x.ndim < 2:
         raise ValueError(f"x must be a tensor of shape (B, *dims), got {x!r:.60}")
     check_finite(x, "x")
-    t_eps = sde.t_eps if t_eps is None else float(t_eps)
-    if not 0 <= t_eps < sde.T:
-        raise ValueError(f"t_eps must lie in [0, T) = [0, {sde.T}), got {t_eps}")
-    B = x.shape[0]
+    times = _likelihood_grid(denoiser.schedule, ts, grid, t_eps)
+    B, shape = x.shape[0], x.shape
     z = None
     if not exact_divergence:  # one probe per example for the whole path
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         if probe == "rademacher":
             z = torch.sign(z)  # +-1 with probability 1/2 each
 
-    def velocity(y, t):  # v = f(t) y - g(t)^2 score / 2, t a (B,) tensor
-        return sde.ode_drift(y, t, score_fn(y, t))
+    def field(state, t):  # d/dt of (x_t, int div v dt): (v, div v), packed as (B, D + 1)
+        v, div = divergence(denoiser.velocity, state[:, :-1].reshape(shape), t, probe=z)
+        return torch.cat([v.flatten(1), div[:, None].to(v.dtype)], dim=1)
 
-    def field(y, t):  # (v, div v) at time t (a float)
-        tb = torch.full((B,), t, dtype=x.dtype, device=x.device)
-        return divergence(velocity, y, tb, probe=None if exact_divergence else z)
-
-    times = _logsnr_times(sde, t_eps, steps) if grid == "logsnr" else torch.linspace(
-        t_eps, sde.T, steps + 1, dtype=torch.float64).tolist()
-    delta = torch.zeros(B, dtype=torch.float64, device=x.device)  # int div v dt
-    y = x.detach()
-    for t, t_next in zip(times[:-1], times[1:]):
-        h = t_next - t  # > 0: forward in time, from the data to the prior
-        v1, d1 = field(y, t)
-        if method == "euler":
-            y, delta = y + h * v1, delta + h * d1
-        elif method == "heun":  # trapezoid rule with an Euler predictor
-            v2, d2 = field(y + h * v1, t_next)
-            y, delta = y + 0.5 * h * (v1 + v2), delta + 0.5 * h * (d1 + d2)
-        else:  # classical Runge-Kutta
-            v2, d2 = field(y + 0.5 * h * v1, t + 0.5 * h)
-            v3, d3 = field(y + 0.5 * h * v2, t + 0.5 * h)
-            v4, d4 = field(y + h * v3, t_next)
-            y = y + h / 6 * (v1 + 2 * v2 + 2 * v3 + v4)
-            delta = delta + h / 6 * (d1 + 2 * d2 + 2 * d3 + d4)
-    log_p = sde.prior_log_prob(y).double() + delta
+    state = torch.cat([x.detach().flatten(1), torch.zeros(B, 1, dtype=x.dtype, device=x.device)], dim=1)
+    state = solve_ode(field, state, times, method=method, rtol=rtol, atol=atol, max_nfe=max_nfe,
+                      info=info, check_finite=False)
+    y, delta = state[:, :-1].reshape(shape), state[:, -1].double()
+    log_p = denoiser.schedule.prior_log_prob(y).double() + delta
     return torch.where(torch.isfinite(log_p), log_p, torch.full_like(log_p, -math.inf))  # ran away
+
+
+def _likelihood_grid(schedule: Schedule, ts, grid: str, t_eps: float | None) -> torch.Tensor:
+    """Increasing times from the data end (``sigma > 0``) to ``T`` for :func:`log_likelihood`."""
+    if torch.is_tensor(ts):
+        times = ts.detach().double().cpu()
+        if times.ndim != 1 or len(times) < 2:
+            raise ValueError(f"ts must be an int or a 1-D tensor of at least 2 times, got {ts!r:.60}")
+        times = times.flip(0) if times[0] > times[-1] else times
+    else:
+        if not isinstance(ts, int) or isinstance(ts, bool) or ts < 1:
+            raise ValueError(f"ts must be a positive int (steps) or a 1-D tensor of times, got {ts!r}")
+        if t_eps is not None:
+            t_eps = float(t_eps)
+            if not schedule.t_min <= t_eps < schedule.T:
+                raise ValueError(f"t_eps must lie in [{schedule.t_min}, {schedule.T}), got {t_eps}")
+            if grid == "uniform":
+                times = torch.linspace(t_eps, schedule.T, ts + 1, dtype=torch.float64)
+            else:
+                lam = torch.linspace(schedule.log_snr(t_eps).item(), schedule.log_snr(schedule.T).item(), ts + 1,
+                                     dtype=torch.float64)
+                if not torch.isfinite(lam).all():
+                    raise ValueError(f"grid='logsnr' needs a finite log-SNR at t_eps={t_eps} and T; use t_eps > "
+                                     f"{schedule.t_min} or grid='uniform'")
+                times = schedule.time_at_log_snr(lam)
+                times[0], times[-1] = t_eps, schedule.T
+        else:
+            times = time_grid(schedule, ts, grid).flip(0)
+    if schedule.marginal(times[0])[1].item() == 0:
+        times = times[1:]  # start where there is noise: the density of the noise-free data is singular
+    if len(times) < 2:
+        raise ValueError("the likelihood grid needs at least one step above the noise-free data end")
+    return times
 
 
 # -- the DDPM variational bound --------------------------------------------------------------
@@ -196,7 +216,7 @@ class ELBOTerms:
 
     ``prior`` ``(B,)``: ``L_N = KL(q(x_N | x_0) || N(0, I))``; ``diffusion`` ``(B,)``: the sum of
     the KL terms ``L_1 .. L_{N-1}``; ``decoder`` ``(B,)``: ``L_0 = -log p(x_0 | x_1)``;
-    ``per_step`` ``(B, N)``: column ``n`` is ``L_n``, the term that trains ``eps_fn`` at index
+    ``per_step`` ``(B, N)``: column ``n`` is ``L_n``, the term that trains the network at index
     ``n`` (column 0 is the decoder term); ``mse`` ``(B, N)``: ``||eps - eps_theta||^2`` (summed
     over dimensions) at each index. ``total`` is their sum, ``-ELBO >= -log p_theta(x_0)``.
     """
@@ -213,16 +233,16 @@ class ELBOTerms:
 
 
 def ddpm_elbo(
-    eps_fn, alphas_cumprod: torch.Tensor, x0: torch.Tensor, *, decoder: str = "discrete",
-    levels: int = 256, scale: tuple[float, float] = (-1.0, 1.0), variance: str = "beta_tilde",
+    denoiser: Denoiser, x0: torch.Tensor, *, decoder: str = "discrete", levels: int = 256,
+    value_range: tuple[float, float] = (-1.0, 1.0), variance: str = "beta_tilde",
     generator: torch.Generator | None = None,
 ) -> ELBOTerms:
     r"""The variational bound of a DDPM, every term separately, in nats per example.
 
+    ``denoiser`` is a model on a :class:`~diffusion_edu.schedules.DDPMSchedule` (``abar_n``).
     For each index ``n = 0, 1, ..., N - 1`` in turn, one ``eps`` of ``x0``'s shape is drawn from
-    ``generator`` (float64), ``x_n = sqrt(abar_n) x_0 + sqrt(1 - abar_n) eps``, and
-    ``eps_fn(x_n, n)`` is called once with ``n`` a ``(B,)`` long tensor: ``N`` network calls in
-    all. Call it under ``torch.no_grad()`` unless the bound is to be differentiated.
+    ``generator`` (float64), ``x_n = sqrt(abar_n) x_0 + sqrt(1 - abar_n) eps``, and the denoiser
+    is evaluated once at ``(x_n, n)``: ``N`` network calls in all. Call it under ``torch.no_grad()`` unless the bound is to be differentiated.
 
     - ``L_N`` (prior): ``KL(N(sqrt(abar_N) x_0, (1 - abar_N) I) || N(0, I))``, exact.
     - ``L_n``, ``n >= 1``: ``q(x_{n-1} | x_n, x_0) = N(mu_tilde, beta_tilde_n I)`` with
@@ -236,18 +256,18 @@ def ddpm_elbo(
       .. math:: \tfrac{D}{2}\big(\tfrac{\tilde\beta_n}{\sigma_n^2} - 1 - \log\tfrac{\tilde\beta_n}{\sigma_n^2}\big)
                 + \frac{\beta_n^2}{2 \sigma_n^2 \alpha_n (1 - \bar\alpha_n)} \|\varepsilon - \varepsilon_\theta\|^2 .
 
-    - ``L_0`` (decoder) ``-log p(x_0 | x_1)`` with mean ``x0_hat = (x_1 - sqrt(1 - abar_1) eps_theta)
-      / sqrt(abar_1)`` and variance ``sigma_1^2 = beta_1`` (``variance="beta"``) or
+    - ``L_0`` (decoder) ``-log p(x_0 | x_1)`` with mean the denoised estimate ``x0_hat`` at index 0
+      and variance ``sigma_1^2 = beta_1`` (``variance="beta"``) or
       ``beta_tilde_2`` (``"beta_tilde"``: ``beta_tilde_1 = 0``, so it is clipped to the next value,
       as in Ho et al.'s released code). ``decoder="discrete"``: the discretised Gaussian of
-      Ho et al. (2020, Eq. 13) for data on ``levels`` equally spaced values spanning ``scale``
+      Ho et al. (2020, Eq. 13) for data on ``levels`` equally spaced values spanning ``value_range``
       (8-bit data in ``[-1, 1]``: ``levels=256``, bins of half-width ``1/255``), a probability;
       ``decoder="gaussian"``: the density ``N(x_0; x0_hat, sigma_1^2 I)``, for continuous data.
 
     Parameters
     ----------
-    eps_fn : ``eps_fn(x, n)``, the noise prediction at 0-based indices ``n``
-    alphas_cumprod : ``(N,)`` decreasing ``abar_1 .. abar_N`` (see :mod:`diffusion_edu.schedules`)
+    denoiser : the model, on a ``DDPMSchedule`` whose ``alphas_cumprod`` are ``abar_1 .. abar_N``
+        (Ho et al.'s 1-based indices; 0-based in the arrays, see :mod:`diffusion_edu.schedules`)
     x0 : ``(B, *dims)`` data; on the grid of ``levels`` values when ``decoder="discrete"``
 
     Returns
@@ -256,11 +276,11 @@ def ddpm_elbo(
 
     Examples
     --------
-    >>> from diffusion_edu import GaussianMixture, ddpm_betas, alphas_cumprod
-    >>> abar = alphas_cumprod(ddpm_betas(100))
+    >>> from diffusion_edu import DDPMSchedule, GaussianMixture, ddpm_betas, alphas_cumprod
+    >>> sched = DDPMSchedule(alphas_cumprod(ddpm_betas(100)))
     >>> gm = GaussianMixture([[0.0, 0.0]], stds=0.5)
     >>> x0 = gm.sample(4, generator=torch.Generator().manual_seed(0)).double()
-    >>> terms = ddpm_elbo(gm.eps_fn(abar), abar, x0, decoder="gaussian", variance="beta")
+    >>> terms = ddpm_elbo(gm.denoiser(sched), x0, decoder="gaussian", variance="beta")
     >>> terms.per_step.shape, terms.total.shape
     (torch.Size([4, 100]), torch.Size([4]))
     """
@@ -271,10 +291,13 @@ def ddpm_elbo(
     if not torch.is_tensor(x0) or x0.ndim < 2:
         raise ValueError(f"x0 must be a tensor of shape (B, *dims), got {x0!r:.60}")
     check_finite(x0, "x0")
-    abar = _check_abar(alphas_cumprod).to(x0.device)
+    if not isinstance(denoiser, Denoiser) or not isinstance(denoiser.schedule, DDPMSchedule):
+        raise ValueError("denoiser must be a Denoiser on a DDPMSchedule, got "
+                         f"{type(denoiser).__name__} on {type(getattr(denoiser, 'schedule', None)).__name__}")
+    abar = denoiser.schedule.alphas_cumprod.to(x0.device)
     N, B, D = len(abar), x0.shape[0], x0[0].numel()
     if decoder == "discrete":
-        _check_on_grid(x0, levels, scale)
+        _check_on_grid(x0, levels, value_range)
     sigma2 = _model_variances(abar, variance)  # (N,) sigma_n^2, index 0 the decoder's
     x0_64 = x0.double()
 
@@ -287,15 +310,14 @@ def ddpm_elbo(
         a = abar[n]
         eps = torch.randn(x0.shape, generator=generator, dtype=torch.float64).to(x0.device)
         xn = a.sqrt() * x0_64 + (1 - a).sqrt() * eps  # x_n ~ q(x_n | x_0)
-        eps_hat = eps_fn(xn.to(x0.dtype), torch.full((B,), n, dtype=torch.long, device=x0.device)).double()
+        x0_hat, eps_hat = (e.double() for e in denoiser.x0_eps(xn.to(x0.dtype), float(n)))
         mse[:, n] = (eps - eps_hat).pow(2).flatten(1).sum(1)
-        if n == 0:  # L_0: the decoder p(x_0 | x_1)
-            x0_hat = (xn - (1 - a).sqrt() * eps_hat) / a.sqrt()
+        if n == 0:  # L_0: the decoder p(x_0 | x_1), mean x0_hat
             std = sigma2[0].sqrt()
             if decoder == "discrete":
-                per_step[:, 0] = -discretized_gaussian_log_likelihood(x0_64, x0_hat, std, levels, scale)
+                per_step[:, 0] = -discretized_gaussian_log_likelihood(x0_64, x0_hat, std, levels, value_range)
             else:
-                per_step[:, 0] = -_normal_log_prob(x0_64, x0_hat, std).flatten(1).sum(1)
+                per_step[:, 0] = -torch.distributions.Normal(x0_hat, std).log_prob(x0_64).flatten(1).sum(1)
             continue
         a_prev = abar[n - 1]
         beta = 1 - a / a_prev  # beta_n
@@ -307,7 +329,7 @@ def ddpm_elbo(
                      per_step=per_step, mse=mse)
 
 
-def elbo_weights(alphas_cumprod: torch.Tensor, variance: str = "beta_tilde") -> torch.Tensor:
+def elbo_weights(alphas_cumprod: torch.Tensor | DDPMSchedule, variance: str = "beta_tilde") -> torch.Tensor:
     """``w_n = beta_n^2 / (2 sigma_n^2 alpha_n (1 - abar_n))``, ``(N,)`` float64: the weight of
     ``||eps - eps_theta||^2`` in the ELBO term ``L_n``. At ``n = 0`` it is the weight in the
     Gaussian decoder, ``(1 - abar_1) / (2 sigma_1^2 abar_1)`` (the same formula, with
@@ -320,7 +342,8 @@ def elbo_weights(alphas_cumprod: torch.Tensor, variance: str = "beta_tilde") -> 
     >>> bool(w[1] > 100 * w[500])   # the bound weights the small noise levels heavily
     True
     """
-    abar = _check_abar(alphas_cumprod)
+    abar = alphas_cumprod.alphas_cumprod if isinstance(alphas_cumprod, DDPMSchedule) else \
+        check_alphas_cumprod(alphas_cumprod)
     sigma2 = _model_variances(abar, variance)
     abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
     beta = 1 - abar / abar_prev
@@ -342,7 +365,7 @@ def normal_kl(mean1, var1, mean2, var2) -> torch.Tensor:
 
 def discretized_gaussian_log_likelihood(
     x: torch.Tensor, mean: torch.Tensor, std, levels: int = 256,
-    scale: tuple[float, float] = (-1.0, 1.0),
+    value_range: tuple[float, float] = (-1.0, 1.0),
 ) -> torch.Tensor:
     r"""``log P(x | mean, std)`` of the discretised Gaussian (Ho et al., 2020, Eq. 13), ``(B,)``.
 
@@ -352,7 +375,7 @@ def discretized_gaussian_log_likelihood(
     of its bin: ``Phi((x + delta - mean) / std) - Phi((x - delta - mean) / std)`` per dimension.
     Computed from ``log Phi`` in float64 without cancellation in either tail.
     """
-    lo, hi = (float(s) for s in scale)
+    lo, hi = (float(s) for s in value_range)
     x, mean = x.double(), mean.double()
     std = torch.as_tensor(std, dtype=torch.float64, device=x.device)
     delta = (hi - lo) / (2 * (levels - 1))
@@ -370,7 +393,7 @@ def discretized_gaussian_log_likelihood(
 # -- bits per dimension ----------------------------------------------------------------------
 def bits_per_dim(
     nll_nats: torch.Tensor, x: torch.Tensor, *, levels: int | None = 256,
-    scale: tuple[float, float] = (-1.0, 1.0),
+    value_range: tuple[float, float] = (-1.0, 1.0),
 ) -> torch.Tensor:
     r"""Convert a negative log-likelihood in nats per example into bits per dimension.
 
@@ -380,7 +403,7 @@ def bits_per_dim(
       probability), e.g. ``ddpm_elbo(..., decoder="discrete").total`` or a VDM loss with a
       discrete decoder: ``bits/dim = nll / (D log 2)``.
     - ``levels=K`` (default 256): ``nll_nats`` is ``-log p`` of a **density** over the data
-      rescaled to ``scale = (lo, hi)``, evaluated at **uniformly dequantised** points
+      rescaled to ``value_range = (lo, hi)``, evaluated at **uniformly dequantised** points
       ``x + Delta u``, ``u ~ U[-1/2, 1/2)^D`` (:func:`dequantize`), with the bin width
       ``Delta = (hi - lo) / (K - 1)``. Since ``P(x) = int_bin p = Delta^D E_u[p(x + Delta u)]``,
       Jensen gives ``-log P(x) <= E_u[-log p(x + Delta u)] + D log(1 / Delta)``, so
@@ -406,15 +429,15 @@ def bits_per_dim(
     D = x[0].numel()
     if levels is None:
         return nll / (D * math.log(2))
-    lo, hi = (float(s) for s in scale)
+    lo, hi = (float(s) for s in value_range)
     if not (isinstance(levels, int) and levels >= 2 and lo < hi):
-        raise ValueError(f"levels must be an int >= 2 (or None) and scale (lo, hi) with lo < hi, "
-                         f"got levels={levels!r}, scale={scale!r}")
+        raise ValueError(f"levels must be an int >= 2 (or None) and value_range (lo, hi) with lo < hi, "
+                         f"got levels={levels!r}, value_range={value_range!r}")
     return (nll / D + math.log((levels - 1) / (hi - lo))) / math.log(2)
 
 
 def dequantize(
-    x: torch.Tensor, levels: int = 256, scale: tuple[float, float] = (-1.0, 1.0),
+    x: torch.Tensor, levels: int = 256, value_range: tuple[float, float] = (-1.0, 1.0),
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Uniform dequantisation: ``x + Delta u`` with ``u ~ U[-1/2, 1/2)`` per entry and
@@ -427,31 +450,13 @@ def dequantize(
     >>> bool(((y - x).abs() <= 1 / 16).all())
     True
     """
-    lo, hi = (float(s) for s in scale)
+    lo, hi = (float(s) for s in value_range)
     delta = (hi - lo) / (levels - 1)
     u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device) - 0.5
     return x + delta * u
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _logsnr_times(sde: SDE, t_eps: float, steps: int) -> list[float]:
-    """``steps + 1`` increasing times from ``t_eps`` to ``T``, uniform in
-    ``log SNR(t) = 2 (log alpha(t) - log sigma(t))``, found by interpolating ``t`` on a dense grid."""
-    dense = torch.logspace(math.log10(max(t_eps, 1e-12)), math.log10(sde.T), 8193, dtype=torch.float64)
-    alpha, sigma = sde.marginal(dense)
-    lam = 2 * (torch.log(alpha) - torch.log(sigma))  # decreasing in t
-    if not torch.isfinite(lam).all() or (lam[1:] >= lam[:-1]).any():
-        raise ValueError(
-            "grid='logsnr' needs a log-SNR that is finite and strictly decreasing on [t_eps, T] "
-            f"(t_eps={t_eps}); use t_eps > 0 or grid='uniform'"
-        )
-    targets = torch.linspace(lam[0].item(), lam[-1].item(), steps + 1, dtype=torch.float64)
-    # t as a function of lam: interpolate on the increasing (reversed) arrays
-    t = torch.from_numpy(np.interp(targets.flip(0).numpy(), lam.flip(0).numpy(), dense.flip(0).numpy())).flip(0)
-    t[0], t[-1] = t_eps, sde.T
-    return t.tolist()
-
-
 def _model_variances(abar: torch.Tensor, variance: str) -> torch.Tensor:
     """``sigma_n^2`` of ``p_theta(x_{n-1} | x_n)``: ``beta_n``, or ``beta_tilde_n`` with index 0
     (the decoder) given ``beta_tilde`` of index 1, since ``beta_tilde_1 = 0``."""
@@ -465,34 +470,20 @@ def _model_variances(abar: torch.Tensor, variance: str) -> torch.Tensor:
     return sigma2
 
 
-def _normal_log_prob(x, mean, std):
-    return -0.5 * ((x - mean) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)
-
-
 def _log_diff_exp(a, b):
     """``log(exp(a) - exp(b))`` for ``a > b``."""
     return a + torch.log(-torch.expm1(b - a))
 
 
-def _check_abar(alphas_cumprod) -> torch.Tensor:
-    abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-    if abar.ndim != 1 or len(abar) < 1 or (abar <= 0).any() or (abar >= 1).any() or (abar[1:] >= abar[:-1]).any():
-        raise ValueError(
-            "alphas_cumprod must be a 1-D strictly decreasing tensor with entries in (0, 1), got "
-            f"shape {tuple(abar.shape)} with values in [{abar.min().item():.3g}, {abar.max().item():.3g}]"
-        )
-    return abar
-
-
-def _check_on_grid(x, levels, scale):
-    lo, hi = (float(s) for s in scale)
+def _check_on_grid(x, levels, value_range):
+    lo, hi = (float(s) for s in value_range)
     if not isinstance(levels, int) or levels < 2:
         raise ValueError(f"levels must be an int >= 2, got {levels!r}")
     k = (x.double() - lo) / (hi - lo) * (levels - 1)
     off = (k - k.round()).abs().max().item()
     if off > 1e-3 or k.min() < -1e-3 or k.max() > levels - 1 + 1e-3:
         raise ValueError(
-            f"x0 must lie on the {levels} levels spanning {scale} for decoder='discrete' "
+            f"x0 must lie on the {levels} levels spanning {value_range} for decoder='discrete' "
             f"(off the grid by up to {off:.3g} bins, range [{x.min().item():.3g}, {x.max().item():.3g}]); "
             "use decoder='gaussian' for continuous data"
         )

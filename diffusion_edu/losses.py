@@ -1,4 +1,4 @@
-r"""Denoising score matching (Vincent, 2011) and its eps / x0 / v forms.
+r"""Denoising score matching (Vincent, 2011) in every parameterisation, on every schedule.
 
 Explicit score matching asks for ``E_t lambda(t) E_{x_t} ||s_theta(x_t, t) - grad log p_t(x_t)||^2``,
 which needs the unknown ``p_t``. Denoising score matching replaces the marginal score by the
@@ -10,41 +10,49 @@ conditional one, ``grad log p(x_t | x_0) = -eps / sigma(t)``:
 which differs from the explicit objective by a constant independent of ``theta``
 (Vincent, 2011), so both have the same minimiser, ``s_theta = grad log p_t``.
 
-Every parameterisation (see :mod:`diffusion_edu.parameterization`) is turned into a noise
-prediction ``eps_hat`` and the loss is written as ``w(t) ||eps_hat - eps||^2`` (mean over the
-data dimensions). The weightings, each the "natural" loss of one parameterisation:
+A network predicting any of :data:`~diffusion_edu.parameterization.PREDICTIONS` is trained by
+plain MSE on its own target (``eps``, ``x0``, ``v = alpha eps - sigma x0``, ``-eps / sigma`` or
+the path velocity ``alpha' x0 + sigma' eps``); all of them are the same loss up to a weight
+``w(t)`` on ``||eps_hat - eps||^2`` (mean over the data dimensions):
 
-=============== ====================================== =========================================
-``weighting``   ``w(t)`` on ``||eps_hat - eps||^2``     equals
-=============== ====================================== =========================================
-``"eps"``       ``1``                                   ``||eps_hat - eps||^2``; Ho et al. (2020)
-                                                        ``L_simple``; ``lambda = sigma^2``
-``"x0"``        ``sigma^2 / alpha^2``                   ``||x0_hat - x0||^2``
-``"v"``         ``(alpha^2 + sigma^2)^2 / alpha^2``     ``||v_hat - v||^2``
-``"score"``     ``1 / sigma^2``                         ``||s_hat + eps / sigma||^2``, ``lambda = 1``
-``"likelihood"````g(t)^2 / sigma^2``                    ``lambda = g^2``: Song et al. (2021b),
-                                                        the weighting that bounds the NLL
-=============== ====================================== =========================================
+=============== ============================================ =========================================
+``weighting``   ``w(t)`` on ``||eps_hat - eps||^2``           equals
+=============== ============================================ =========================================
+``"eps"``       ``1``                                         ``||eps_hat - eps||^2``; Ho et al. (2020)
+                                                              ``L_simple``; ``lambda = sigma^2``
+``"x0"``        ``sigma^2 / alpha^2``                         ``||x0_hat - x0||^2``
+``"v"``         ``(alpha^2 + sigma^2)^2 / alpha^2``           ``||v_hat - v||^2``
+``"score"``     ``1 / sigma^2``                               ``||s_hat + eps / sigma||^2``, ``lambda = 1``
+``"velocity"``  ``(sigma' - alpha' sigma / alpha)^2``         ``||u_hat - u||^2``, the flow-matching loss
+``"likelihood"````g(t)^2 / sigma^2``                          ``lambda = g^2``: Song et al. (2021b),
+                                                              the weighting that bounds the NLL
+=============== ============================================ =========================================
 
-By default the weighting is that of the prediction, i.e. plain MSE on the network's own target.
+By default the weighting is that of the prediction, i.e. plain MSE on the network's own target;
+another weighting multiplies that MSE by the ratio of the two weights.
+
+Times: for a :class:`~diffusion_edu.schedules.DDPMSchedule`, ``n ~ U{0, ..., N-1}`` (Ho et al.,
+2020, Algorithm 1); otherwise ``t ~ U(max(t_eps, t_min), T)``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .parameterization import PREDICTIONS, to_eps
-from .sde import SDE
-from .utils import append_dims, check_finite
+from .parameterization import check_prediction, from_x0_eps
+from .schedules import DDPMSchedule, Schedule, check_alphas_cumprod
+from .utils import check_finite
 
-__all__ = ["dsm_loss", "loss_weight", "ddpm_loss", "drop_labels", "WEIGHTINGS"]
+__all__ = ["dsm_loss", "loss_weight", "ddpm_loss", "drop_labels", "sample_times", "WEIGHTINGS"]
 
-WEIGHTINGS = ("eps", "x0", "v", "score", "likelihood")
+WEIGHTINGS = ("eps", "x0", "v", "score", "velocity", "likelihood")
 
 
-def loss_weight(weighting: str, sde: SDE, t: torch.Tensor) -> torch.Tensor:
-    """``w(t)`` multiplying ``||eps_hat - eps||^2`` (table in the module docstring), ``(B,)``."""
-    alpha, sigma = sde.marginal(t)
+def loss_weight(weighting: str, schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
+    """``w(t)`` multiplying ``||eps_hat - eps||^2`` (table in the module docstring), ``(B,)`` float64."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    alpha, sigma = schedule.marginal(t)
     if weighting == "eps":
         return torch.ones_like(sigma)
     if weighting == "x0":
@@ -53,75 +61,105 @@ def loss_weight(weighting: str, sde: SDE, t: torch.Tensor) -> torch.Tensor:
         return (alpha**2 + sigma**2) ** 2 / alpha**2
     if weighting == "score":
         return 1 / sigma**2
-    if weighting == "likelihood":
-        return sde.diffusion(t) ** 2 / sigma**2
-    raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if weighting == "velocity":
+        dalpha, dsigma = schedule.marginal_derivatives(t)
+        return (dsigma - dalpha * sigma / alpha) ** 2
+    return schedule.sde_coefficients(t)[1] / sigma**2  # likelihood: g^2 / sigma^2
+
+
+def sample_times(schedule: Schedule, batch: int, generator: torch.Generator | None = None,
+                 t_eps: float = 1e-5) -> torch.Tensor:
+    """Training times ``(batch,)`` float64: ``n ~ U{0..N-1}`` for a DDPM schedule, else
+    ``t ~ U(max(t_eps, t_min), T)``."""
+    if isinstance(schedule, DDPMSchedule):
+        return torch.randint(schedule.num_steps, (batch,), generator=generator).double()
+    lo = max(float(t_eps), schedule.t_min)
+    u = torch.rand(batch, generator=generator, dtype=torch.float64)
+    return lo + (schedule.T - lo) * u
 
 
 def dsm_loss(
-    net, x0: torch.Tensor, sde: SDE, *, prediction: str = "eps", weighting: str | None = None,
-    t: torch.Tensor | None = None, t_eps: float = 1e-5, generator: torch.Generator | None = None,
-    reduce: bool = True,
+    net, x0: torch.Tensor, schedule: Schedule, *, prediction: str = "eps", weighting: str | None = None,
+    t: torch.Tensor | None = None, t_eps: float = 1e-5, noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None, reduce: bool = True, y: torch.Tensor | None = None,
+    label_dropout: float = 0.0, null_label: int | None = None,
 ) -> torch.Tensor:
     """Denoising score-matching loss of ``net(x_t, t)`` on a batch ``x0`` of shape ``(B, *dims)``.
 
     Parameters
     ----------
-    net : callable ``net(x, t)`` returning a prediction of kind ``prediction``
-    prediction : ``"eps"``, ``"x0"``, ``"v"`` or ``"score"``
+    net : callable ``net(x, t)`` (``net(x, t, y=y)`` with labels) returning a prediction of kind
+        ``prediction``, called with ``t`` the ``(B,)`` schedule times in ``x0``'s dtype
+    schedule : any :class:`~diffusion_edu.schedules.Schedule`
+    prediction : ``"eps"``, ``"x0"``, ``"v"``, ``"score"`` or ``"velocity"``
     weighting : one of :data:`WEIGHTINGS`; ``None`` means the prediction's own MSE
-    t : optional ``(B,)`` times; by default ``t ~ U(t_eps, T)``
+    t : optional ``(B,)`` times; by default drawn by :func:`sample_times`
+    noise : optional ``(B, *dims)`` noise ``eps``; by default drawn from ``generator``
     reduce : mean over the batch (scalar) if True, else the per-example losses ``(B,)``
+    y, label_dropout, null_label : class labels ``(B,)``; each replaced by ``null_label`` with
+        probability ``label_dropout`` (:func:`drop_labels`), which trains the conditional and the
+        unconditional model at once, as classifier-free guidance needs (Ho & Salimans, 2022)
+
+    Examples
+    --------
+    >>> from diffusion_edu import VPSDE
+    >>> zero = lambda x, t: torch.zeros_like(x)   # eps_hat = 0 scores E||eps||^2 / D = 1
+    >>> loss = dsm_loss(zero, torch.zeros(4096, 2), VPSDE(), generator=torch.Generator().manual_seed(0))
+    >>> abs(loss.item() - 1) < 0.05
+    True
     """
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    check_prediction(prediction)
     weighting = prediction if weighting is None else weighting
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule must be a Schedule, got {type(schedule).__name__}")
+    if not torch.is_tensor(x0) or x0.ndim < 1:
+        raise ValueError(f"x0 must be a tensor of shape (B, *dims), got {x0!r:.60}")
     check_finite(x0, "x0")
     B = x0.shape[0]
     if t is None:
-        u = torch.rand(B, generator=generator, dtype=torch.float64)
-        t = (t_eps + (sde.T - t_eps) * u).to(x0.device)
-    t = sde._time(t, batch=B).to(x0.device)
-    xt, eps = sde.perturb(x0, t, generator=generator)
-    alpha, sigma = (c.to(x0.device) for c in sde.marginal(t))
-    eps_hat = to_eps(net(xt, t.to(x0.dtype)), prediction, xt, alpha, sigma)
-    err = (eps_hat - eps).pow(2).flatten(1).mean(1)  # (B,)
-    loss = loss_weight(weighting, sde, t).to(err) * err
-    return loss.mean() if reduce else loss
+        t = sample_times(schedule, B, generator, t_eps)
+    t = schedule._time(t, batch=B)
+    xt, eps = schedule.perturb(x0, t, generator=generator, noise=noise)
+    coef = [c.to(x0.device) for c in schedule.marginal(t)]
+    if prediction == "velocity":
+        coef += [c.to(x0.device) for c in schedule.marginal_derivatives(t)]
+    target = from_x0_eps(x0, eps, prediction, *coef)  # the network's own target
+    t_net = t.to(x0.device, x0.dtype)
+    if y is None:
+        if label_dropout:
+            raise ValueError("label_dropout needs labels y")
+        pred = net(xt, t_net)
+    else:
+        if label_dropout:
+            y = drop_labels(y, label_dropout, null_label, generator)
+        pred = net(xt, t_net, y=y)
+    if pred.shape != xt.shape:
+        raise ValueError(f"net(x, t) must return the shape of x {tuple(xt.shape)}, got {tuple(pred.shape)}")
+    dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)  # >= float32 (bf16 autocast)
+    err = (pred.to(dtype) - target.to(dtype)).pow(2).flatten(1).mean(1)  # (B,) MSE on the own target
+    if weighting != prediction:
+        ratio = loss_weight(weighting, schedule, t) / loss_weight(prediction, schedule, t)
+        err = ratio.to(err) * err
+    return err.mean() if reduce else err
 
 
 def ddpm_loss(
-    net, x0: torch.Tensor, alphas_cumprod: torch.Tensor, *,
+    net, x0: torch.Tensor, schedule: DDPMSchedule | torch.Tensor, *, prediction: str = "eps",
     generator: torch.Generator | None = None, reduce: bool = True,
     y: torch.Tensor | None = None, label_dropout: float = 0.0, null_label: int | None = None,
 ) -> torch.Tensor:
     """Ho et al. (2020) ``L_simple`` (Algorithm 1): ``n ~ U{0..N-1}``,
-    ``x_n = sqrt(abar_n) x0 + sqrt(1 - abar_n) eps``, loss ``||net(x_n, n) - eps||^2``.
-    The network is called with the integer indices ``n`` as a ``(B,)`` long tensor.
-
-    With class labels ``y`` (``(B,)`` long) the network is called as ``net(x_n, n, y)``; with
-    ``label_dropout = p > 0`` each label is replaced by ``null_label`` with probability ``p``
-    (:func:`drop_labels`), which trains the conditional and the unconditional model at once, as
-    classifier-free guidance needs (Ho & Salimans, 2022).
+    ``x_n = sqrt(abar_n) x0 + sqrt(1 - abar_n) eps``, loss ``||net(x_n, n) - eps||^2``:
+    :func:`dsm_loss` on a :class:`~diffusion_edu.schedules.DDPMSchedule` (or its
+    ``alphas_cumprod``). The network sees the training indices ``n``. Other ``prediction`` types
+    train by MSE on their own target.
     """
-    check_finite(x0, "x0")
-    abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-    B = x0.shape[0]
-    n = torch.randint(len(abar), (B,), generator=generator)
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-    a = append_dims(abar[n], x0.ndim).to(x0)
-    xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
-    n = n.to(x0.device)
-    if y is None:
-        if label_dropout:
-            raise ValueError("label_dropout needs labels y")
-        eps_hat = net(xt, n)
-    else:
-        if label_dropout:
-            y = drop_labels(y, label_dropout, null_label, generator)
-        eps_hat = net(xt, n, y)
-    err = (eps_hat.float() - eps.float()).pow(2).flatten(1).mean(1)
-    return err.mean() if reduce else err
+    if not isinstance(schedule, DDPMSchedule):
+        schedule = DDPMSchedule(check_alphas_cumprod(schedule))
+    return dsm_loss(net, x0, schedule, prediction=prediction, generator=generator, reduce=reduce,
+                    y=y, label_dropout=label_dropout, null_label=null_label)
 
 
 def drop_labels(

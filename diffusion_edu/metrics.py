@@ -13,12 +13,11 @@ This is the *squared* 2-Wasserstein distance between ``N(mu_a, S_a)`` and ``N(mu
 this number with the 2048 pool features of an Inception-v3 network; the book uses a small digit
 classifier instead, so its values are *not* comparable with published FIDs.
 
-The trace of the matrix square root only needs eigenvalues: ``S_a^{1/2}`` is symmetric positive
-semi-definite (symmetric eigendecomposition, round-off negative eigenvalues set to 0), so
-``M = S_a^{1/2} S_b S_a^{1/2}`` is symmetric PSD too and
-``tr M^{1/2} = sum_i sqrt(lambda_i(M))``. Everything runs in float64. (The original FID code
-takes ``scipy.linalg.sqrtm(S_a @ S_b)`` of a non-symmetric product, which can return complex
-round-off; the eigenvalues of ``S_a S_b`` and ``M`` are the same, so the numbers agree.)
+:func:`frechet_distance` is exactly that: the sample means and covariances handed to
+``gaussian_w2``, whose square roots are symmetric eigendecompositions in float64 (the original
+FID code takes ``scipy.linalg.sqrtm(S_a @ S_b)`` of a non-symmetric product, which can return
+complex round-off; ``S_a S_b`` and ``S_a^{1/2} S_b S_a^{1/2}`` have the same eigenvalues, so the
+numbers agree).
 
 The estimate is biased upwards by ``O(D / N)`` (Chong & Forsyth, 2020, study the bias): compare
 Fréchet distances only at the same sample size ``N``, and next to a **floor**, the distance
@@ -32,6 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from .transport import gaussian_w2
 
 __all__ = ["gaussian_stats", "frechet_distance", "confident_fraction", "classifier_accuracy"]
 
@@ -80,12 +81,7 @@ def frechet_distance(feats_a, feats_b) -> float:
         raise ValueError(
             f"feats_a and feats_b must have the same feature dimension D, got {mu_a.shape[0]} and {mu_b.shape[0]}"
         )
-    root_a = _sqrtm_psd(S_a)  # S_a^{1/2}, symmetric
-    M = root_a @ S_b @ root_a  # symmetric PSD, same eigenvalues as S_a S_b
-    lam = torch.linalg.eigvalsh(0.5 * (M + M.T)).clamp_min(0)
-    tr_cross = lam.sqrt().sum()  # tr (S_a^{1/2} S_b S_a^{1/2})^{1/2}
-    fd = (mu_a - mu_b).pow(2).sum() + torch.trace(S_a) + torch.trace(S_b) - 2 * tr_cross
-    return max(fd.item(), 0.0)  # round-off can leave -1e-15 when the sets are equal
+    return gaussian_w2(mu_a, S_a, mu_b, S_b) ** 2  # the squared W2 between the fitted Gaussians
 
 
 def confident_fraction(logits_or_probs, threshold: float = 0.9, *, from_logits: bool | None = None) -> float:
@@ -157,9 +153,3 @@ def _probs(x, from_logits: bool | None, name: str) -> torch.Tensor:
     if (x < 0).any() or ((x.sum(1) - 1).abs() > 1e-4).any():
         raise ValueError(f"{name} must hold probabilities (non-negative rows summing to 1) when from_logits=False")
     return x
-
-
-def _sqrtm_psd(S: torch.Tensor) -> torch.Tensor:
-    """Symmetric square root of a symmetric PSD matrix; round-off negative eigenvalues -> 0."""
-    lam, U = torch.linalg.eigh(0.5 * (S + S.T))
-    return (U * lam.clamp_min(0).sqrt()) @ U.T

@@ -30,74 +30,53 @@ import math
 
 import torch
 
-from .utils import append_dims, check_finite
+from .schedules import Schedule
+from .utils import append_dims
 
 __all__ = ["SDE", "BrownianSDE", "VESDE", "VPSDE", "SubVPSDE"]
 
 
-class SDE:
+class SDE(Schedule):
     """Base class of a linear forward SDE ``dx = f(t) x dt + g(t) dW`` on ``[0, T]``.
 
     Subclasses define :meth:`drift_coef` (``f(t)``), :meth:`diffusion` (``g(t)``),
-    :meth:`marginal` (``alpha(t), sigma(t)``) and ``prior_std``.
+    :meth:`marginal` (``alpha(t), sigma(t)``) and ``prior_std``; the time derivatives of the
+    marginal follow from the moment equations, ``alpha' = f alpha`` and
+    ``sigma' = (2 f sigma^2 + g^2) / (2 sigma)``.
     ``t_eps`` is the smallest time a sampler stops at: where ``sigma(0) = 0`` the score is
     singular at ``t = 0``.
     """
 
     T: float = 1.0
+    t_min: float = 0.0
     t_eps: float = 1e-3
     prior_std: float = 1.0
 
     # -- to be defined by each process -------------------------------------------------------
     def drift_coef(self, t: torch.Tensor) -> torch.Tensor:
+        """``f(t)``, float64, shaped like ``t``."""
         raise NotImplementedError
 
     def diffusion(self, t: float | torch.Tensor) -> torch.Tensor:
-        """``g(t)``, same shape as ``t``."""
-        raise NotImplementedError
-
-    def marginal(self, t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(alpha(t), sigma(t))`` of ``x_t = alpha x_0 + sigma eps``, each shaped like ``t``."""
+        """``g(t)``, float64, shaped like ``t``."""
         raise NotImplementedError
 
     # -- shared by every process -------------------------------------------------------------
+    def sde_coefficients(self, t):
+        """``(f(t), g(t)^2)`` from the closed forms of the process."""
+        t = self._time(t)
+        return torch.as_tensor(self.drift_coef(t), dtype=torch.float64), self.diffusion(t).double() ** 2
+
+    def marginal_derivatives(self, t):
+        """``alpha' = f alpha`` and ``sigma' = (2 f sigma^2 + g^2) / (2 sigma)``, the moment equations."""
+        alpha, sigma = self.marginal(t)
+        f, g2 = self.sde_coefficients(t)
+        return f * alpha, (2 * f * sigma**2 + g2) / (2 * sigma)
+
     def drift(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         """``f(x, t) = f(t) x``, same shape as ``x``."""
         t = self._time(t, batch=x.shape[0])
-        return append_dims(self.drift_coef(t), x.ndim).to(x) * x
-
-    def perturb(
-        self, x0: torch.Tensor, t: float | torch.Tensor, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample ``x_t = alpha(t) x_0 + sigma(t) eps`` and return ``(x_t, eps)``.
-
-        Examples
-        --------
-        >>> sde = BrownianSDE()
-        >>> xt, eps = sde.perturb(torch.zeros(3, 2), 0.5, generator=torch.Generator().manual_seed(0))
-        >>> torch.allclose(xt, eps)   # sigma(0.5) = sqrt(2 * 0.5) = 1
-        True
-        """
-        if not torch.is_tensor(x0) or x0.ndim < 1:
-            raise ValueError(f"x0 must be a tensor of shape (B, *dims), got {x0!r:.60}")
-        check_finite(x0, "x0")
-        t = self._time(t, batch=x0.shape[0])
-        alpha, sigma = self.marginal(t)
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-        xt = append_dims(alpha, x0.ndim).to(x0) * x0 + append_dims(sigma, x0.ndim).to(x0) * eps
-        return xt, eps
-
-    def prior_sample(
-        self, shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Sample the reference distribution ``N(0, prior_std^2 I)`` that stands in for ``p_T``."""
-        return self.prior_std * torch.randn(tuple(shape), generator=generator)
-
-    def prior_log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """``log N(x; 0, prior_std^2 I)`` per example, shape ``(B,)``."""
-        d = x[0].numel()
-        sq = x.flatten(1).pow(2).sum(1)
-        return -0.5 * sq / self.prior_std**2 - 0.5 * d * math.log(2 * math.pi * self.prior_std**2)
+        return append_dims(torch.as_tensor(self.drift_coef(t)).to(x.device), x.ndim).to(x) * x
 
     def reverse_drift(self, x: torch.Tensor, t: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
         """Drift of the reverse-time SDE (Anderson, 1982): ``f(x, t) - g(t)^2 score``."""
@@ -111,31 +90,7 @@ class SDE:
         return self.drift(x, t) - 0.5 * g**2 * score
 
     def _g(self, t, x):
-        return self.diffusion(self._time(t, batch=x.shape[0])).to(x)
-
-    def _time(self, t: float | torch.Tensor, batch: int | None = None) -> torch.Tensor:
-        """Validate ``t`` in ``[0, T]``; return a tensor (``(batch,)`` when ``batch`` is given)."""
-        t = torch.as_tensor(t, dtype=torch.float64 if not torch.is_tensor(t) else None)
-        if t.ndim > 1:
-            raise ValueError(f"t must be a float or a (B,) tensor, got shape {tuple(t.shape)}")
-        if torch.isnan(t).any():
-            raise ValueError("t must not be NaN")
-        tol = 1e-6 * self.T
-        if (t < -tol).any() or (t > self.T + tol).any():
-            raise ValueError(
-                f"t must lie in [0, T] = [0, {self.T}], got values in "
-                f"[{t.min().item():.6g}, {t.max().item():.6g}]"
-            )
-        if batch is not None:
-            if t.ndim == 0:
-                t = t.expand(batch)
-            elif t.shape[0] != batch:
-                raise ValueError(f"t must have shape ({batch},) to match x, got {tuple(t.shape)}")
-        return t
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v}" for k, v in vars(self).items())
-        return f"{type(self).__name__}({fields})"
+        return self.diffusion(self._time(t, batch=x.shape[0])).to(x.device).to(x.dtype)
 
 
 class BrownianSDE(SDE):

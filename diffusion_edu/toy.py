@@ -36,8 +36,9 @@ from typing import Callable
 
 import torch
 
-from .sde import SDE
-from .utils import append_dims, check_finite
+from .denoiser import Denoiser
+from .schedules import DDPMSchedule, Schedule
+from .utils import check_finite
 
 __all__ = [
     "GaussianMixture",
@@ -167,11 +168,8 @@ class GaussianMixture:
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=dev).expand(B)[:, None]  # (B, 1)
         v = alpha**2 * stds**2 + sigma**2  # (B, K)
         diff = x[:, None, :] - alpha[:, :, None] * means  # (B, K, D)
-        logc = (
-            torch.log(weights)
-            - 0.5 * diff.pow(2).sum(-1) / v
-            - 0.5 * self.dim * torch.log(2 * math.pi * v)
-        )
+        normal = torch.distributions.Normal(torch.zeros_like(v[:, :, None]), v.sqrt()[:, :, None])
+        logc = torch.log(weights) + normal.log_prob(diff).sum(-1)  # log w_k N(x; alpha mu_k, v_k I)
         return logc, v, diff, alpha
 
     def _components_full(self, x: torch.Tensor, alpha, sigma):
@@ -186,11 +184,8 @@ class GaussianMixture:
         v = alpha[:, :, None] ** 2 * lam + sigma[:, :, None] ** 2  # (B, K, D) eigenvalues of S_k
         diff = x[:, None, :] - alpha[:, :, None] * means  # (B, K, D)
         y = torch.einsum("kde,bkd->bke", U, diff)  # (B, K, D) coordinates in the eigenbasis
-        logc = (
-            torch.log(weights)
-            - 0.5 * (y.pow(2) / v).sum(-1)
-            - 0.5 * torch.log(2 * math.pi * v).sum(-1)
-        )
+        normal = torch.distributions.Normal(torch.zeros_like(v), v.sqrt())  # independent in the eigenbasis
+        logc = torch.log(weights) + normal.log_prob(y).sum(-1)  # log w_k N(x; alpha mu_k, S_k)
         return logc, v, y, alpha
 
     def log_joint(self, x: torch.Tensor, alpha=1.0, sigma=0.0) -> torch.Tensor:
@@ -214,57 +209,70 @@ class GaussianMixture:
         return -(r[:, :, None] * diff / v[:, :, None]).sum(1).to(x.dtype)
 
     def denoise(self, x: torch.Tensor, alpha=1.0, sigma=0.0) -> torch.Tensor:
-        """Exact posterior mean ``E[x_0 | x_t = x]``, ``(B, D)``, computed per component."""
+        """Exact posterior mean ``E[x_0 | x_t = x]``, ``(B, D)`` in ``x``'s dtype."""
+        return self._posterior_mean(x, alpha, sigma).to(x.dtype)
+
+    def _posterior_mean(self, x: torch.Tensor, alpha, sigma) -> torch.Tensor:
+        """``E[x_0 | x_t = x]`` in float64, computed per component."""
         logc, v, diff, alpha_ = self._components(x, alpha, sigma)
         r = torch.softmax(logc, dim=1)  # (B, K)
         if self.covs is not None:  # mu_k + alpha C_k S_k^{-1} (x - alpha mu_k) = mu_k + U_k (alpha lam y / v)
             lam, U = self._eigvals.to(x.device), self._eigvecs.to(x.device)
             shrink = alpha_[:, :, None] * lam * diff / v  # (B, K, D) in the eigenbasis
             post = self.means.to(x.device) + torch.einsum("kde,bke->bkd", U, shrink)  # (B, K, D)
-            return (r[:, :, None] * post).sum(1).to(x.dtype)
+            return (r[:, :, None] * post).sum(1)
         means, stds = self.means.to(x.device), self.stds.to(x.device)
         post = means + (alpha_ * stds**2 / v)[:, :, None] * diff  # (B, K, D)
-        return (r[:, :, None] * post).sum(1).to(x.dtype)
+        return (r[:, :, None] * post).sum(1)
 
-    def score_fn(self, sde: SDE) -> Callable[[torch.Tensor, float | torch.Tensor], torch.Tensor]:
-        """The exact score of ``p_t`` under ``sde`` as a callable ``score(x, t)``."""
+    # -- the exact model on a schedule ------------------------------------------------------
+    def denoiser(self, schedule: Schedule) -> Denoiser:
+        """The exact posterior mean ``E[x0 | x_t]`` of this mixture noised by ``schedule``, as a
+        :class:`~diffusion_edu.denoiser.Denoiser` (prediction ``"x0"``, computed in float64): the
+        perfect network, against which learned models and samplers are measured.
+
+        Examples
+        --------
+        >>> from diffusion_edu import VPSDE
+        >>> gm = GaussianMixture([[0.0, 0.0]], stds=1.0)   # N(0, I) stays N(0, I) under VP
+        >>> x = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
+        >>> torch.allclose(gm.denoiser(VPSDE()).score(x, 0.5), -x)
+        True
+        """
+        if not isinstance(schedule, Schedule):
+            raise ValueError(f"schedule must be a Schedule, got {type(schedule).__name__}")
+
+        def posterior_mean(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            one_time = t.ndim == 0 or bool((t == t[0]).all())  # samplers: one time for the batch
+            alpha, sigma = schedule.marginal(t.reshape(-1)[:1] if one_time else t)
+            return self._posterior_mean(x, alpha, sigma)  # float64
+
+        posterior_mean.__name__ = "exact posterior mean"
+        return Denoiser(posterior_mean, schedule, "x0")
+
+    def score_fn(self, schedule: Schedule) -> Callable[[torch.Tensor, float | torch.Tensor], torch.Tensor]:
+        """The exact score of ``p_t`` as a callable ``score(x, t)``, in closed form (finite also at
+        ``sigma = 0``, where ``self.denoiser(schedule).score`` divides 0 by 0)."""
 
         def score(x, t):
-            alpha, sigma = sde.marginal(sde._time(t, batch=x.shape[0]))
+            alpha, sigma = schedule.marginal(schedule._time(t, batch=x.shape[0]).to(x.device))
             return self.score(x, alpha, sigma)
 
         return score
 
-    def denoiser_fn(self, sde: SDE) -> Callable[[torch.Tensor, float | torch.Tensor], torch.Tensor]:
-        """The exact denoiser ``E[x_0 | x_t]`` under ``sde`` as a callable ``D(x, t)``."""
+    def eps_fn(self, alphas_cumprod: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The exact noise prediction ``eps(x, n) = -sqrt(1 - abar_n) score`` of the discrete chain
+        ``alphas_cumprod`` at training indices ``n``: ``self.denoiser(DDPMSchedule(abar)).eps``."""
+        return self.denoiser(DDPMSchedule(alphas_cumprod)).eps
 
-        def denoiser(x, t):
-            alpha, sigma = sde.marginal(sde._time(t, batch=x.shape[0]))
-            return self.denoise(x, alpha, sigma)
-
-        return denoiser
-
-    def log_prob_fn(self, sde: SDE) -> Callable[[torch.Tensor, float | torch.Tensor], torch.Tensor]:
-        """``log p_t(x)`` under ``sde`` as a callable ``log_p(x, t)``."""
+    def log_prob_fn(self, schedule: Schedule) -> Callable[[torch.Tensor, float | torch.Tensor], torch.Tensor]:
+        """``log p_t(x)`` under ``schedule`` as a callable ``log_p(x, t)``."""
 
         def log_p(x, t):
-            alpha, sigma = sde.marginal(sde._time(t, batch=x.shape[0]))
+            alpha, sigma = schedule.marginal(schedule._time(t, batch=x.shape[0]).to(x.device))
             return self.log_prob(x, alpha, sigma)
 
         return log_p
-
-    def eps_fn(self, alphas_cumprod: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The exact noise prediction ``eps(x, n) = -sqrt(1 - abar_n) score`` for a discrete
-        DDPM schedule, called with integer indices ``n`` into ``alphas_cumprod``."""
-        abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-
-        def eps(x, n):
-            n = torch.as_tensor(n).long().expand(x.shape[0])
-            a = abar.to(x.device)[n.to(x.device)]
-            s = torch.sqrt(1 - a)
-            return (-append_dims(s, x.ndim) * self.score(x, torch.sqrt(a), s).double()).to(x.dtype)
-
-        return eps
 
     def __repr__(self) -> str:
         full = ", full covariances" if self.covs is not None else ""

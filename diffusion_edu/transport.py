@@ -48,6 +48,7 @@ __all__ = [
     "gaussian_map",
     "ot_pairs",
     "transport_cost",
+    "sqrtm_psd",
 ]
 
 
@@ -240,8 +241,8 @@ def gaussian_w2(m1, C1, m2, C2) -> float:
     m2, C2 = _gaussian(m2, C2, "m2", "C2")
     if m1.shape != m2.shape:
         raise ValueError(f"the two Gaussians must have the same dimension, got {m1.shape[0]} and {m2.shape[0]}")
-    r1 = _sqrtm_psd(C1)
-    cross = _sqrtm_psd(r1 @ C2 @ r1)
+    r1 = sqrtm_psd(C1)
+    cross = sqrtm_psd(r1 @ C2 @ r1)
     w2sq = (m1 - m2).pow(2).sum() + torch.trace(C1 + C2 - 2 * cross)
     return math.sqrt(max(w2sq.item(), 0.0))
 
@@ -277,7 +278,7 @@ def gaussian_map(m1, C1, m2, C2) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"C1 must be positive definite, got eigenvalues {lam.tolist()}")
     r1 = (U * lam.sqrt()) @ U.T  # C1^{1/2}
     r1_inv = (U / lam.sqrt()) @ U.T  # C1^{-1/2}
-    A = r1_inv @ _sqrtm_psd(r1 @ C2 @ r1) @ r1_inv
+    A = r1_inv @ sqrtm_psd(r1 @ C2 @ r1) @ r1_inv
     A = 0.5 * (A + A.T)  # symmetric up to round-off; make it exactly so
     return A.to(device), (m2 - A @ m1).to(device)
 
@@ -385,11 +386,22 @@ def _gaussian(m, C, mname, cname) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"{mname} and {cname} must be finite")
     if not torch.allclose(C, C.T, atol=1e-10 * (1 + C.abs().max().item())):
         raise ValueError(f"{cname} must be symmetric")
+    lam_min = torch.linalg.eigvalsh(0.5 * (C + C.T)).min().item() if C.numel() else 0.0
+    if lam_min < -1e-8 * (1 + C.abs().max().item()):
+        raise ValueError(f"{cname} must be positive semi-definite (a covariance), got an eigenvalue {lam_min:.3g}")
     return m, C
 
 
-def _sqrtm_psd(C: torch.Tensor) -> torch.Tensor:
-    """Symmetric square root of a symmetric PSD matrix; round-off negative eigenvalues -> 0."""
+def sqrtm_psd(C: torch.Tensor) -> torch.Tensor:
+    """Symmetric square root of a symmetric positive semi-definite matrix (symmetric
+    eigendecomposition; round-off negative eigenvalues set to 0), ``O(D^3)``.
+
+    Examples
+    --------
+    >>> sqrtm_psd(torch.tensor([[4.0, 0.0], [0.0, 9.0]], dtype=torch.float64))
+    tensor([[2., 0.],
+            [0., 3.]], dtype=torch.float64)
+    """
     C = 0.5 * (C + C.T)
     lam, U = torch.linalg.eigh(C)
     return (U * lam.clamp_min(0).sqrt()) @ U.T

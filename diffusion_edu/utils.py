@@ -1,6 +1,6 @@
 """Small helpers shared by every module: broadcasting, devices, seeds, budgets, input checks.
 
-Broadcasting follows one rule (see STYLE.md): a per-example quantity of shape ``(B,)`` is
+Broadcasting follows one rule: a per-example quantity of shape ``(B,)`` is
 lifted to ``(B, 1, ..., 1)`` with :func:`append_dims` so that the same line of code serves
 2-D toy points ``(B, 2)``, images ``(B, C, H, W)``, audio and latents.
 

@@ -132,8 +132,7 @@ class VAE(nn.Module):
         xf, out = self._flat(x), self.decoder(z)  # (B, D) each
         if self.decoder_kind == "bernoulli":
             return -F.binary_cross_entropy_with_logits(out, xf, reduction="none").sum(1)
-        s = self.log_obs_std
-        return (-0.5 * ((xf - out) / s.exp()) ** 2 - s - 0.5 * math.log(2 * math.pi)).sum(1)
+        return torch.distributions.Normal(out, self.log_obs_std.exp()).log_prob(xf).sum(1)
 
     @staticmethod
     def kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -213,4 +212,4 @@ def _mlp(d_in: int, hidden: int, depth: int, d_out: int) -> nn.Sequential:
 
 
 def _std_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    return -0.5 * z.pow(2).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
+    return torch.distributions.Normal(torch.zeros((), dtype=z.dtype, device=z.device), 1.0).log_prob(z).sum(1)

@@ -39,9 +39,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from .train import EMA
+from .denoiser import Denoiser
+from .schedules import DDPMSchedule
+from .training import train
 from .utils import append_dims, check_finite
 
 __all__ = [
@@ -206,7 +207,7 @@ class VDMLoss:
 
 def vdm_loss(
     net, schedule: NoiseSchedule, x: torch.Tensor, *, levels: int | None = None,
-    scale: tuple[float, float] = (-1.0, 1.0), generator: torch.Generator | None = None,
+    value_range: tuple[float, float] = (-1.0, 1.0), generator: torch.Generator | None = None,
     antithetic: bool = True, variance_reduction: bool = True, t: torch.Tensor | None = None,
 ) -> VDMLoss:
     r"""One-sample estimate of the VDM negative ELBO for a batch ``x`` ``(B, *dims)``.
@@ -217,7 +218,7 @@ def vdm_loss(
     - prior ``KL(N(alpha_1 x, sigma_1^2 I) || N(0, I))``, exact;
     - reconstruction ``-log p(x | z_0)``, ``z_0 = alpha_0 x + sigma_0 eps``, with
       ``p(x | z_0)`` proportional to ``q(z_0 | x)`` as a function of ``x``: for discrete data
-      (``levels=K`` equally spaced values spanning ``scale``) a softmax over the ``K`` values per
+      (``levels=K`` equally spaced values spanning ``value_range``) a softmax over the ``K`` values per
       dimension with logits ``-(z_0 - alpha_0 v_k)^2 / (2 sigma_0^2)``, a probability; for
       continuous data (``levels=None``) the density ``N(x; z_0 / alpha_0, sigma_0^2 / alpha_0^2)``.
 
@@ -267,15 +268,14 @@ def vdm_loss(
     eps0 = torch.randn(xf.shape, generator=generator, dtype=x.dtype).to(dev)
     z0 = a0 * xf + s0 * eps0  # (B, D)
     if levels is None:  # N(x; z_0 / alpha_0, sigma_0^2 / alpha_0^2)
-        std = s0 / a0
-        reconstruction = (0.5 * ((xf - z0 / a0) / std) ** 2 + torch.log(std) + 0.5 * math.log(2 * math.pi)).sum(1)
+        reconstruction = -torch.distributions.Normal(z0 / a0, s0 / a0).log_prob(xf).sum(1)
     else:  # softmax over the K values of q(z_0 | x = v_k)
-        lo, hi = (float(s) for s in scale)
+        lo, hi = (float(s) for s in value_range)
         values = torch.linspace(lo, hi, levels, dtype=x.dtype, device=dev)  # (K,)
         k = ((xf - lo) / (hi - lo) * (levels - 1)).round().long()  # (B, D) index of x
         off_grid = (values[k.clamp(0, levels - 1)] - xf).abs() > 1e-3 * (hi - lo) / (levels - 1)
         if (k < 0).any() or (k >= levels).any() or off_grid.any():
-            raise ValueError(f"x must lie on the {levels} levels spanning {scale} when levels is given, "
+            raise ValueError(f"x must lie on the {levels} levels spanning {value_range} when levels is given, "
                              f"got values in [{xf.min().item():.4g}, {xf.max().item():.4g}]")
         logits = -0.5 * ((z0[..., None] - a0 * values) / s0) ** 2  # (B, D, K)
         log_p = logits.gather(-1, k[..., None]).squeeze(-1) - torch.logsumexp(logits, -1)
@@ -300,64 +300,53 @@ class VDMTrainResult:
 def train_vdm(
     net: nn.Module, schedule: NoiseSchedule, data: torch.Tensor, steps: int, *,
     batch_size: int = 128, lr: float = 1e-3, schedule_lr: float = 1e-2, levels: int | None = None,
-    scale: tuple[float, float] = (-1.0, 1.0), ema_decay: float = 0.999, grad_clip: float | None = 1.0,
+    value_range: tuple[float, float] = (-1.0, 1.0), ema_decay: float = 0.999, grad_clip: float | None = 1.0,
     generator: torch.Generator | None = None, device: torch.device | str | None = None,
     progress: bool = True,
 ) -> VDMTrainResult:
-    """Train ``net`` and ``schedule`` on :func:`vdm_loss` with two Adam optimisers: the network
-    (and learned endpoints) at ``lr`` on the ELBO, the schedule's shape at ``schedule_lr`` on the
-    variance (see :func:`vdm_loss`). ``data`` is an ``(N, *dims)`` tensor sampled with
-    replacement; ``grad_clip`` clips the network's gradient norm only."""
+    """Train ``net`` and ``schedule`` on :func:`vdm_loss` with :func:`diffusion_edu.training.train`:
+    one Adam with two parameter groups, the network (and learned endpoints) at ``lr`` on the ELBO,
+    the schedule's shape at ``schedule_lr`` on the variance (see :func:`vdm_loss`). ``data`` is an
+    ``(N, *dims)`` tensor sampled with replacement; ``grad_clip`` clips the first group's gradient
+    norm only. The EMA averages both."""
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
-    check_finite(data, "data")
-    generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    device = torch.device(device) if device is not None else next(net.parameters()).device
-    net.to(device).train()
-    schedule.to(device)
-    net_params = list(net.parameters()) + schedule.endpoint_parameters()
-    opt = torch.optim.Adam(net_params, lr=lr)
-    shape_params = schedule.shape_parameters()
-    opt_shape = torch.optim.Adam(shape_params, lr=schedule_lr) if shape_params else None
     both = nn.ModuleDict({"net": net, "schedule": schedule})
-    ema = EMA(both, ema_decay)
-    result = VDMTrainResult(net, schedule, ema.model)
-    for step in tqdm(range(steps), disable=not progress, desc="train_vdm"):
-        x = data[torch.randint(len(data), (batch_size,), generator=generator)].to(device)
-        out = vdm_loss(net, schedule, x, levels=levels, scale=scale, generator=generator)
-        loss = out.total.mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        if opt_shape is not None:
-            opt_shape.zero_grad(set_to_none=True)
-        loss.backward()  # ELBO gradient for the net, variance gradient for the shape (hooks)
-        if grad_clip is not None:
-            nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-        opt.step()
-        if opt_shape is not None:
-            opt_shape.step()
-        ema.update(both)
-        result.losses.append(loss.item())
-        result.diffusion_var.append(out.diffusion.detach().var().item())
-    net.eval()
-    return result
+    diffusion_var: list[float] = []
+
+    def loss_fn(model, x, gen):
+        out = vdm_loss(model["net"], model["schedule"], x, levels=levels, value_range=value_range, generator=gen)
+        diffusion_var.append(out.diffusion.detach().var().item())
+        return out.total.mean()
+
+    def param_groups(model):  # the ELBO's parameters, then the shape's (variance gradient, no clip)
+        sched = model["schedule"]
+        groups = [{"params": list(model["net"].parameters()) + sched.endpoint_parameters()}]
+        if sched.shape_parameters():
+            groups.append({"params": sched.shape_parameters(), "lr": schedule_lr, "grad_clip": None})
+        return groups
+
+    res = train(both, loss_fn, data, steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
+                grad_clip=grad_clip, generator=generator, device=device, progress=progress,
+                param_groups=param_groups)
+    return VDMTrainResult(net, schedule, res.ema_model, res.losses, diffusion_var)
 
 
-def to_ddpm(net, schedule: NoiseSchedule, n_steps: int):
-    """The same model as a discrete DDPM of ``n_steps`` steps: ``(alphas_cumprod, eps_fn)``
-    with ``abar_n = sigmoid(-gamma((n + 1) / N))`` and ``eps_fn(x, n) = net(x, s(gamma_n))``, for
-    :func:`diffusion_edu.likelihood.ddpm_elbo` and :func:`diffusion_edu.samplers.ddpm_ancestral`."""
+def to_ddpm(net, schedule: NoiseSchedule, n_steps: int) -> Denoiser:
+    """The same model as a discrete DDPM of ``n_steps`` steps: a
+    :class:`~diffusion_edu.denoiser.Denoiser` on the ``DDPMSchedule`` with
+    ``abar_n = sigmoid(-gamma((n + 1) / N))`` whose network is ``net(x, s(gamma_n))`` at index ``n``,
+    for :func:`diffusion_edu.likelihood.ddpm_elbo` and the samplers."""
     if not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
     with torch.no_grad():
         p = schedule.endpoints
         t = torch.arange(1, n_steps + 1, dtype=p.dtype, device=p.device) / n_steps
         gamma = schedule(t)  # (N,)
+        s = schedule.net_input(gamma)
     abar = torch.sigmoid(-gamma.double()).cpu()
-    s = schedule.net_input(gamma)
 
-    def eps_fn(x, n):
-        return net(x, s.to(x.device)[n.to(s.device)].to(x.dtype))
+    def eps_net(x, n):  # n: float training indices (integers on the DDPM grid)
+        return net(x, s.to(x.device)[n.round().long().to(s.device)].to(x.dtype))
 
-    return abar, eps_fn
+    return Denoiser(eps_net, DDPMSchedule(abar), "eps")

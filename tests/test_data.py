@@ -35,13 +35,13 @@ def test_split_is_fixed_by_the_seed():
     assert not torch.equal(_split_indices(1797, 0)["val"], _split_indices(1797, 1)["val"])
 
 
-def test_seventeen_levels_mapped_to_the_scale():
+def test_seventeen_levels_mapped_to_the_value_range():
     x, _ = load_digits(split="all")
     assert x.min().item() == -1.0 and x.max().item() == 1.0
     k = (x + 1) / 2 * (DIGITS_LEVELS - 1)  # back to the grey levels 0..16
     assert torch.equal(k, k.round())
     assert len(k.unique()) == DIGITS_LEVELS
-    x01, _ = load_digits(split="all", scale=(0, 1))
+    x01, _ = load_digits(split="all", value_range=(0, 1))
     assert torch.allclose(x01, (x + 1) / 2)
 
 
@@ -54,7 +54,8 @@ def test_resize_is_bilinear_interpolation(size):
     assert x.min() >= -1 and x.max() <= 1  # convex weights stay in range
 
 
-@pytest.mark.parametrize("kw", [dict(size=12), dict(split="training"), dict(scale=(1, -1))])
+@pytest.mark.parametrize("kw", [dict(size=12), dict(split="training"), dict(value_range=(1, -1)),
+                                dict(value_range=(0.5, 0.5))])
 def test_bad_arguments_raise(kw):
     with pytest.raises(ValueError):
         load_digits(**kw)

@@ -1,5 +1,5 @@
-"""The on-disk loaders: tiny fake MNIST / Fashion-MNIST / CIFAR-10 files in the real formats,
-read back exactly; clear errors for missing files; a code-running pickle is refused."""
+"""The on-disk loaders of diffusion_edu.data: tiny fake MNIST / Fashion-MNIST / CIFAR-10 files in
+the real formats, read back exactly; clear errors for missing files; a code-running pickle is refused."""
 
 import gzip
 import os
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_edu.datasets import (
+from diffusion_edu.data import (
     IMAGE_DATASETS,
     load_cifar10,
     load_fashion_mnist,
@@ -267,9 +267,13 @@ def test_equals_torchvision(tmp_path, monkeypatch):
             assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
 
 
-def test_the_loaders_are_also_in_diffusion_edu_data():
-    import diffusion_edu.data as data
-    import diffusion_edu.datasets as datasets
+def test_one_data_module():
+    """The loaders live in diffusion_edu.data, which holds the digits too; the old module
+    diffusion_edu.datasets (which imported data.py in a circle) is gone."""
+    import importlib.util
 
-    for name in ("load_mnist", "load_fashion_mnist", "load_cifar10", "load_image_dataset"):
-        assert getattr(data, name) is getattr(datasets, name)
+    import diffusion_edu.data as data
+
+    for name in ("load_digits", "load_mnist", "load_fashion_mnist", "load_cifar10", "load_image_dataset"):
+        assert callable(getattr(data, name)) and getattr(data, name).__module__ == "diffusion_edu.data", name
+    assert importlib.util.find_spec("diffusion_edu.datasets") is None

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.special import log_ndtr
 
-from diffusion_edu import VPSDE, GaussianMixture, alphas_cumprod, ddpm_betas
+from diffusion_edu import VPSDE, DDPMSchedule, Denoiser, GaussianMixture, alphas_cumprod, ddpm_betas
 from diffusion_edu.likelihood import (
     bits_per_dim, ddpm_elbo, dequantize, discretized_gaussian_log_likelihood, divergence,
     elbo_weights, log_likelihood, normal_kl,
@@ -69,13 +69,19 @@ def test_ode_log_likelihood_of_a_gaussian(gen):
     points out to twice the data's spread; measured max 0.0063/dim, mostly the prior mismatch
     p_T != N(0, I) and the t_eps truncation). Against the model's own exact density (the prior
     pushed through the exact flow) RK4 with 50 steps is within 1e-4 per dimension (measured
-    1.7e-5: the integration error alone)."""
+    1.7e-5: the integration error alone), and so is the adaptive RK45 with rtol = atol = 1e-6
+    (measured 1.4e-5 with 68 evaluations)."""
     sde, gm = VPSDE(), _gaussian()
     x = 2 * gm.sample(200, generator=gen).double()  # include points in the tails
-    lp = log_likelihood(gm.score_fn(sde), sde, x, steps=100, exact_divergence=True)
+    lp = log_likelihood(gm.denoiser(sde), x, 100, exact_divergence=True)
     assert ((lp - gm.log_prob(x)).abs() / 3).max() < 0.01
-    lp4 = log_likelihood(gm.score_fn(sde), sde, x, steps=50, exact_divergence=True, method="rk4")
+    lp4 = log_likelihood(gm.denoiser(sde), x, 50, exact_divergence=True, method="rk4")
     assert ((lp4 - _model_log_density(gm, sde, x, sde.t_eps)).abs() / 3).max() < 1e-4
+    # the adaptive solver (scipy's RK45, as in Song et al.'s code) to the same accuracy
+    info = {}
+    lp45 = log_likelihood(gm.denoiser(sde), x, 2, exact_divergence=True, method="rk45", rtol=1e-6, atol=1e-6,
+                          info=info)
+    assert ((lp45 - _model_log_density(gm, sde, x, sde.t_eps)).abs() / 3).max() < 1e-4 and info["nfe"] > 0
 
 
 def test_ode_log_likelihood_of_a_mixture(gen):
@@ -84,7 +90,7 @@ def test_ode_log_likelihood_of_a_mixture(gen):
     sde = VPSDE()
     gm = GaussianMixture([[-1.0, 0.5], [1.0, -0.5]], stds=[0.4, 0.6], weights=[0.3, 0.7])
     x = gm.sample(100, generator=gen).double()
-    lp = log_likelihood(gm.score_fn(sde), sde, x, steps=100, exact_divergence=True, method="rk4")
+    lp = log_likelihood(gm.denoiser(sde), x, 100, exact_divergence=True, method="rk4")
     assert ((lp - gm.log_prob(x)).abs() / 2).max() < 0.01
 
 
@@ -95,8 +101,8 @@ def test_ode_with_hutchinson_is_unbiased(gen):
     sde = VPSDE()
     gm = GaussianMixture([[-1.0, 0.5], [1.0, -0.5]], stds=[0.4, 0.6], weights=[0.3, 0.7])
     x = torch.tensor([[0.1, 0.2]], dtype=f64)
-    exact = log_likelihood(gm.score_fn(sde), sde, x, steps=20, exact_divergence=True)
-    est = log_likelihood(gm.score_fn(sde), sde, x.expand(4000, 2).clone(), steps=20, generator=gen)
+    exact = log_likelihood(gm.denoiser(sde), x, 20, exact_divergence=True)
+    est = log_likelihood(gm.denoiser(sde), x.expand(4000, 2).clone(), 20, generator=gen)
     se = est.std() / math.sqrt(len(est))
     assert abs(est.mean() - exact[0]) < 5 * se and est.std() > 0, (est.mean(), exact, se)
 
@@ -108,7 +114,7 @@ def test_logsnr_grid_survives_a_stiff_start(gen):
     sde, gm = VPSDE(), GaussianMixture([[0.2, -0.1]], stds=0.05)
     x = gm.sample(50, generator=gen).double()
     exact = _model_log_density(gm, sde, x, sde.t_eps)
-    err = {grid: ((log_likelihood(gm.score_fn(sde), sde, x, steps=50, exact_divergence=True, grid=grid)
+    err = {grid: ((log_likelihood(gm.denoiser(sde), x, 50, exact_divergence=True, grid=grid)
                    - exact).abs() / 2).max().item() for grid in ["uniform", "logsnr"]}
     assert err["logsnr"] < 0.05 and err["uniform"] > 5 * err["logsnr"], err
 
@@ -124,21 +130,28 @@ def test_a_runaway_path_gives_minus_infinity_only_for_its_example():
         steep[0] = 1e20
         return -y + steep * y
 
-    lp = log_likelihood(score, sde, x, steps=50, exact_divergence=True)
+    lp = log_likelihood(Denoiser(score, sde, "score"), x, 50, exact_divergence=True)
     assert lp[0].item() == -math.inf
     assert torch.allclose(lp[1:], torch.distributions.Normal(0.0, 1.0).log_prob(x[1:]).sum(1), atol=1e-10)
 
 
 def test_ode_arguments_are_checked():
     sde, gm = VPSDE(), _gaussian()
-    with pytest.raises(ValueError):
-        log_likelihood(gm.score_fn(sde), sde, torch.zeros(2, 3), method="rk45")
-    with pytest.raises(ValueError):
-        log_likelihood(gm.score_fn(sde), sde, torch.zeros(2, 3), steps=0)
-    with pytest.raises(ValueError):
-        log_likelihood(gm.score_fn(sde), sde, torch.zeros(2, 3), grid="cosine")
-    with pytest.raises(ValueError):
+    den = gm.denoiser(sde)
+    with pytest.raises(ValueError, match="method"):
+        log_likelihood(den, torch.zeros(2, 3), method="rk5")
+    with pytest.raises(ValueError, match="ts must be a positive int"):
+        log_likelihood(den, torch.zeros(2, 3), 0)
+    with pytest.raises(ValueError, match="grid"):
+        log_likelihood(den, torch.zeros(2, 3), grid="cosine")
+    with pytest.raises(ValueError, match="probe"):
+        log_likelihood(den, torch.zeros(2, 3), probe="uniform")
+    with pytest.raises(ValueError, match="denoiser must be a Denoiser"):
+        log_likelihood(gm.score_fn(sde), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="probe must have the shape"):
         divergence(_field, torch.zeros(2, 3), torch.zeros(2), probe=torch.ones(2, 2))
+    with pytest.raises(RuntimeError, match="max_nfe"):
+        log_likelihood(den, torch.zeros(2, 3), 2, method="rk45", rtol=1e-10, atol=1e-10, max_nfe=20)
 
 
 # -- the DDPM bound against closed forms for Gaussian data ---------------------------------------
@@ -174,7 +187,7 @@ def test_ddpm_elbo_terms_match_closed_forms(variance, gen):
     abar = alphas_cumprod(ddpm_betas(N, beta_start=1e-3, beta_end=0.2))
     gm = GaussianMixture([[0.5, -1.0]], stds=0.7)
     x0 = torch.tensor([[0.2, -0.4]], dtype=f64).expand(R, D).clone()
-    terms = ddpm_elbo(gm.eps_fn(abar), abar, x0, decoder="gaussian", variance=variance, generator=gen)
+    terms = ddpm_elbo(gm.denoiser(DDPMSchedule(abar)), x0, decoder="gaussian", variance=variance, generator=gen)
     prior, per_step = _closed_form_terms(abar, x0[:1], gm.means[0], 0.7, variance)
     assert torch.allclose(terms.prior, prior.expand(R), atol=1e-12)
     se = terms.per_step.std(0) / math.sqrt(R)
@@ -190,7 +203,8 @@ def test_each_kl_term_is_a_weighted_eps_error(gen):
     abar = alphas_cumprod(ddpm_betas(30, beta_start=1e-3, beta_end=0.3))
     w = elbo_weights(abar, "beta")
     x0 = torch.randn(64, 3, generator=gen, dtype=f64)
-    terms = ddpm_elbo(lambda x, n: 0.3 * x + 0.1, abar, x0, decoder="gaussian", variance="beta", generator=gen)
+    wrong = Denoiser(lambda x, n: 0.3 * x + 0.1, DDPMSchedule(abar), "eps")
+    terms = ddpm_elbo(wrong, x0, decoder="gaussian", variance="beta", generator=gen)
     residual = terms.per_step[:, 1:] - w[1:] * terms.mse[:, 1:]
     assert torch.allclose(residual, residual[:1].expand_as(residual), atol=1e-10)
     # the decoder term: w_0 ||eps - eps_theta||^2 + D/2 log(2 pi sigma_1^2), sigma_1^2 = beta_1
@@ -229,7 +243,8 @@ def test_elbo_is_below_the_models_exact_log_likelihood(gen):
     gap = bound + log_p_model
     assert (gap > 0).all(), gap
     R = 2000
-    terms = ddpm_elbo(gm.eps_fn(abar), abar, x0.repeat(R, 1), decoder="gaussian", variance="beta", generator=gen)
+    terms = ddpm_elbo(gm.denoiser(DDPMSchedule(abar)), x0.repeat(R, 1), decoder="gaussian", variance="beta",
+                      generator=gen)
     est = terms.total.reshape(R, 8)
     assert ((est.mean(0) - bound).abs() < 5 * est.std(0) / math.sqrt(R)).all()
 
@@ -262,11 +277,14 @@ def test_discretized_decoder_approaches_density_times_bin_width():
 
 
 def test_discrete_decoder_requires_grid_data():
-    abar = alphas_cumprod(ddpm_betas(5, beta_start=0.01, beta_end=0.2))
+    sched = DDPMSchedule(alphas_cumprod(ddpm_betas(5, beta_start=0.01, beta_end=0.2)))
     with pytest.raises(ValueError, match="levels"):
-        ddpm_elbo(lambda x, n: x, abar, torch.full((2, 2), 0.3), levels=256)
-    ok = ddpm_elbo(lambda x, n: 0 * x, abar, torch.full((2, 2), 1 / 127.5 - 1, dtype=f64), levels=256)
+        ddpm_elbo(Denoiser(lambda x, n: x, sched, "eps"), torch.full((2, 2), 0.3), levels=256)
+    ok = ddpm_elbo(Denoiser(lambda x, n: 0 * x, sched, "eps"), torch.full((2, 2), 1 / 127.5 - 1, dtype=f64),
+                   levels=256)
     assert torch.isfinite(ok.total).all()
+    with pytest.raises(ValueError, match="DDPMSchedule"):
+        ddpm_elbo(Denoiser(lambda x, t: 0 * x, VPSDE(), "eps"), torch.zeros(2, 2), decoder="gaussian")
 
 
 def test_bits_per_dim_conventions(gen):

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from diffusion_edu.schedules import alphas_cumprod, ddim_timesteps, ddpm_betas, uniform_times
+from diffusion_edu.schedules import DDPMSchedule, alphas_cumprod, ddpm_betas, time_grid
+from diffusion_edu.sde import VPSDE
 
 
 def test_linear_betas():
@@ -38,15 +39,24 @@ def test_alphas_cumprod():
 
 
 def test_sampling_grids():
-    t = uniform_times(10, 1.0, 1e-3)
+    t = time_grid(VPSDE(), 10)  # uniform from T = 1 to t_eps = 1e-3 (the old uniform_times(10, 1, 1e-3))
     assert len(t) == 11 and t[0] == 1.0 and t[-1].item() == pytest.approx(1e-3) and (t.diff() < 0).all()
-    assert ddim_timesteps(1000, 50).tolist() == list(range(980, -1, -20))
+    assert torch.allclose(t.diff(), torch.full((10,), -(1 - 1e-3) / 10, dtype=torch.float64))  # equal steps
+    sched = DDPMSchedule(alphas_cumprod(ddpm_betas(1000)))
+    leading = time_grid(sched, 50, "leading")  # the 50 DDIM indices, then the data (-1)
+    assert leading.tolist() == list(range(980, -1, -20)) + [-1]
+    full = time_grid(sched, 1000, "leading")  # the whole DDPM chain N-1, ..., 0, then the data
+    assert full.tolist() == list(range(999, -1, -1)) + [-1]
     with pytest.raises(ValueError, match="steps"):
-        ddim_timesteps(10, 11)
+        time_grid(DDPMSchedule(alphas_cumprod(ddpm_betas(10))), 11, "leading")
+    with pytest.raises(ValueError, match="steps"):
+        time_grid(VPSDE(), 0)
     with pytest.raises(ValueError, match="kind"):
         ddpm_betas(10, "quadratic")
-    with pytest.raises(ValueError, match="t_eps"):
-        uniform_times(10, 1.0, 2.0)
+    with pytest.raises(ValueError, match="spacing"):
+        time_grid(VPSDE(), 10, "quadratic")
+    with pytest.raises(ValueError, match="spacing"):
+        time_grid(VPSDE(), 10, "leading")  # integer spacings need a DDPMSchedule
 
 
 @pytest.mark.parametrize("kind,name", [("linear", "linear"), ("cosine", "squaredcos_cap_v2")])
@@ -57,8 +67,15 @@ def test_betas_match_diffusers(kind, name):
     assert torch.allclose(alphas_cumprod(ddpm_betas(1000, kind)).float(), sched.alphas_cumprod, rtol=1e-4, atol=1e-7)
 
 
-def test_ddim_timesteps_match_diffusers():
+@pytest.mark.parametrize("spacing", ["leading", "linspace", "trailing"])
+def test_ddpm_grids_match_diffusers_timesteps(spacing):
+    """time_grid(DDPMSchedule(abar), k, spacing) without its last point (-1, the data) is
+    diffusers' DDIMScheduler timesteps for the same spacing (the old ddim_timesteps was the
+    "leading" case)."""
     diffusers = pytest.importorskip("diffusers")
-    sched = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing="leading", steps_offset=0)
-    sched.set_timesteps(50)
-    assert ddim_timesteps(1000, 50).tolist() == sched.timesteps.tolist()
+    sched = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing, steps_offset=0)
+    ours = DDPMSchedule(alphas_cumprod(ddpm_betas(1000)))
+    for k in (7, 50, 333):
+        sched.set_timesteps(k)
+        grid = time_grid(ours, k, spacing)
+        assert grid[:-1].tolist() == sched.timesteps.tolist() and grid[-1] == -1

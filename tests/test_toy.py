@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from diffusion_edu.schedules import DDPMSchedule
 from diffusion_edu.sde import VPSDE, BrownianSDE
 from diffusion_edu.toy import (
     GaussianMixture, checkerboard, eight_gaussians, eight_gaussians_mixture, swiss_roll, two_moons,
@@ -63,13 +64,15 @@ def test_sample_moments(gm, gen):
     assert (torch.cov(x.T) - gm.cov()).abs().max() < 5 * 0.015
 
 
-def test_score_fn_and_denoiser_fn_use_the_sde(gm):
+def test_score_fn_and_denoiser_use_the_sde(gm):
     sde = VPSDE()
     x = torch.randn(7, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     t = torch.full((7,), 0.4, dtype=torch.float64)  # float64 throughout: the same alpha, sigma bit for bit
     a, s = sde.marginal(t)
     assert torch.allclose(gm.score_fn(sde)(x, t), gm.score(x, a, s))
-    assert torch.allclose(gm.denoiser_fn(sde)(x, 0.4), gm.denoise(x, a, s))
+    assert torch.allclose(gm.denoiser(sde).score(x, t), gm.score(x, a, s))
+    assert torch.allclose(gm.denoiser(sde).x0(x, t), gm.denoise(x, a, s))
+    assert gm.denoiser(sde).prediction == "x0" and gm.denoiser(sde).schedule is sde
     assert torch.allclose(gm.log_prob_fn(BrownianSDE())(x, 0.5), gm.log_prob(x, 1.0, 1.0))
 
 
@@ -80,6 +83,7 @@ def test_eps_fn_is_scaled_score(gm):
     a = abar[3]
     expected = -(1 - a).sqrt() * gm.score(x, a.sqrt(), (1 - a).sqrt())
     assert torch.allclose(gm.eps_fn(abar)(x, n), expected)
+    assert torch.allclose(gm.denoiser(DDPMSchedule(abar)).eps(x, n), expected)
 
 
 def test_data_sets_shapes_and_reproducibility():
@@ -108,6 +112,8 @@ def test_bad_input_raises():
         g.log_prob(torch.tensor([[float("nan"), 0.0]]))
     with pytest.raises(ValueError, match="n must be a positive int"):
         g.sample(0)
+    with pytest.raises(ValueError, match="schedule must be a Schedule"):
+        g.denoiser("vp")
 
 
 # -- full covariances ------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from diffusion_edu.losses import dsm_loss
 from diffusion_edu.nets import TimeMLP
 from diffusion_edu.sde import VPSDE
 from diffusion_edu.toy import GaussianMixture
-from diffusion_edu.train import EMA, load_model, save_model, train
+from diffusion_edu.training import EMA, load_model, save_model, train
 
 GM = GaussianMixture([[-1.0, 0.0], [1.0, 0.0]], stds=0.3)
 SDE = VPSDE()
@@ -82,6 +82,28 @@ def test_save_load_round_trip_is_atomic(tmp_path):
     assert torch.equal(loaded(x, t), net(x, t)) and loaded.config == net.config
     with pytest.raises(ValueError, match="model must be one of"):
         save_model(torch.nn.Linear(2, 2), tmp_path / "x.pt")
+
+
+def test_training_module_and_train_function_are_distinct():
+    """The loop lives in the module diffusion_edu.training; the package re-exports the function
+    as diffusion_edu.train (no module shares its name with a re-exported function)."""
+    import importlib
+    import types
+
+    import diffusion_edu
+    import diffusion_edu.training as training
+
+    assert isinstance(training, types.ModuleType) and diffusion_edu.train is training.train is train
+    assert not importlib.util.find_spec("diffusion_edu.train")
+
+
+def test_meta_round_trip(tmp_path):
+    net = TimeMLP(dim=2, hidden=16, depth=1)
+    save_model(net, tmp_path / "m.pt", meta={"prediction": "v", "timesteps": 50})
+    loaded, meta = load_model(tmp_path / "m.pt", return_meta=True)
+    assert meta == {"prediction": "v", "timesteps": 50} and loaded.config == net.config
+    save_model(net, tmp_path / "plain.pt")
+    assert load_model(tmp_path / "plain.pt", return_meta=True)[1] == {}
 
 
 class _Evil:

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from diffusion_edu.transport import (
-    gaussian_map, gaussian_w2, ot_pairs, ot_plan, sinkhorn_plan, sinkhorn_w2, sliced_w2, transport_cost, w2,
+    gaussian_map, gaussian_w2, ot_pairs, ot_plan, sinkhorn_plan, sinkhorn_w2, sliced_w2, sqrtm_psd, transport_cost,
+    w2,
 )
 
 
@@ -241,3 +242,18 @@ def test_bad_input_of_the_new_functions(gen):
         gaussian_w2([0.0, 0.0], torch.eye(2), [0.0, 0.0], torch.tensor([[1.0, 0.5], [0.0, 1.0]]))
     with pytest.raises(ValueError, match="same shape"):
         transport_cost(torch.zeros(3, 2), torch.zeros(4, 2))
+
+
+def test_sqrtm_psd_squares_back_and_clips_round_off(gen):
+    """The public symmetric square root: R R = C and R symmetric PSD for a random SPD matrix; a
+    rank-deficient PSD matrix (round-off negative eigenvalues) still gives a real root."""
+    C = _random_spd(6, gen)
+    R = sqrtm_psd(C)
+    torch.testing.assert_close(R @ R, C, rtol=1e-10, atol=1e-12)
+    assert torch.equal(R, R.T) or torch.allclose(R, R.T, atol=1e-14)
+    assert torch.linalg.eigvalsh(R).min() > 0
+    v = torch.randn(6, 2, generator=gen, dtype=torch.float64)
+    P = v @ v.T  # rank 2
+    R = sqrtm_psd(P)
+    assert torch.isfinite(R).all()
+    torch.testing.assert_close(R @ R, P, rtol=1e-7, atol=1e-7)

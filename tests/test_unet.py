@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from diffusion_edu.nets import Classifier, UNet
 from diffusion_edu.nets.unet import ResBlock, SelfAttention
-from diffusion_edu.train import load_model, save_model
+from diffusion_edu.training import load_model, save_model
 
 
 def _randomise_zero_layers(net, gen):
@@ -32,6 +32,9 @@ def test_shapes_at_several_sizes_and_channel_counts(size, cin, cout, mults, attn
     x = torch.randn(3, cin, size, size, generator=gen)
     assert net(x, torch.tensor([0, 10, 999])).shape == (3, cout, size, size)
     assert net(x, 5.0).shape == (3, cout, size, size)  # a float time means the same for all rows
+    # the float64 schedule times a Denoiser passes give the same output as integer indices
+    torch.testing.assert_close(net(x, torch.tensor([0.0, 10.0, 999.0], dtype=torch.float64)),
+                               net(x, torch.tensor([0, 10, 999])), rtol=0, atol=0)
 
 
 def test_zero_init_output_and_identity_branches(gen):

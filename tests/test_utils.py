@@ -32,9 +32,14 @@ def test_seed_reproducible_and_validated():
         seed(-1)
 
 
-def test_default_device_is_cpu_without_cuda():
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert default_device().type == expected
+def test_default_device_is_cpu_without_cuda(monkeypatch):
+    """Both branches, whatever this machine has: no CUDA -> CPU, CUDA -> the GPU; and the device
+    chosen on this machine holds a tensor."""
+    assert torch.zeros(1, device=default_device()).device.type == default_device().type
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_device() == torch.device("cuda")
 
 
 def test_as_batch_time_and_check_finite():

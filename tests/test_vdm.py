@@ -9,6 +9,7 @@ import torch
 
 from diffusion_edu import GaussianMixture
 from diffusion_edu.likelihood import ddpm_elbo
+from diffusion_edu.schedules import DDPMSchedule
 from diffusion_edu.vdm import (
     FixedLinearSchedule, LearnedSchedule, to_ddpm, train_vdm, vdm_loss,
 )
@@ -162,10 +163,14 @@ def test_discrete_ddpm_of_the_same_model_approaches_the_continuous_loss(gen):
     sum_n 1/2 (SNR_{n-1} - SNR_n) E||x - x_hat||^2, a Riemann sum of the same integral over
     [gamma(1/N), gamma_max]: with N = 500 within 1% of the I-MMSE closed form (plus 5 SE)."""
     schedule = _perturbed_schedule(gen, size=0.5).double()
-    abar, eps_fn = to_ddpm(_exact_eps(schedule), schedule, 500)
+    den = to_ddpm(_exact_eps(schedule), schedule, 500)
+    abar = den.schedule.alphas_cumprod
+    assert isinstance(den.schedule, DDPMSchedule) and den.prediction == "eps" and len(abar) == 500
     assert (abar[1:] < abar[:-1]).all()
+    with torch.no_grad():  # abar_n = sigmoid(-gamma((n + 1) / N))
+        assert torch.allclose(abar, torch.sigmoid(-schedule(torch.arange(1, 501, dtype=f64) / 500)))
     x = GaussianMixture([M.tolist()], stds=S).sample(400, generator=gen).double()
-    terms = ddpm_elbo(eps_fn, abar, x, decoder="gaussian", generator=gen)
+    terms = ddpm_elbo(den, x, decoder="gaussian", generator=gen)
     g_first = -math.log(abar[0].item() / (1 - abar[0].item()))  # gamma(1/N)
     expected = _closed_form_diffusion(g_first, 4.0)
     se = terms.diffusion.std().item() / math.sqrt(len(x))

@@ -1,7 +1,7 @@
 r"""The UNet of image diffusion models (Ronneberger et al., 2015; as used by Ho et al., 2020,
 and improved by Nichol & Dhariwal, 2021, and Dhariwal & Nichol, 2021).
 
-``net(x, t)`` or ``net(x, t, y)``: ``x`` is ``(B, C, H, W)``, ``t`` a float or a ``(B,)`` tensor,
+``net(x, t)`` or ``net(x, t, y=y)``: ``x`` is ``(B, C, H, W)``, ``t`` a float or a ``(B,)`` tensor,
 ``y`` an optional ``(B,)`` long tensor of class labels; the output is ``(B, out_channels, H, W)``.
 
 The pieces, each a small module below:
@@ -28,9 +28,10 @@ Class conditioning (``num_classes=K``): labels ``0 .. K-1`` are the classes and 
 (:attr:`UNet.null_label`) is the *null class* of classifier-free guidance (Ho & Salimans, 2022):
 ``net(x, t)`` without labels means the null class, i.e. the unconditional model.
 
-Time: with the default ``t_scale = 1`` the network expects the DDPM step index ``n`` in
-``0 .. N-1`` (the convention of :func:`diffusion_edu.losses.ddpm_loss` and the discrete
-samplers); for a continuous time ``t in [0, 1]`` pass ``t_scale=1000``.
+Time (the rule of :mod:`diffusion_edu.nets`): with the default ``t_scale = 1`` the network expects
+the DDPM training index ``n`` in ``0 .. N-1`` (the times of a
+:class:`~diffusion_edu.schedules.DDPMSchedule`); for a continuous time ``t in [0, 1]`` pass
+``t_scale=1000``.
 """
 
 from __future__ import annotations

@@ -78,6 +78,7 @@ def train(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     compile: bool = False,
+    param_groups: Callable[[nn.Module], list[dict]] | None = None,
 ) -> TrainResult:
     """Minimise ``loss_fn(model, batch, generator)`` with Adam for ``steps`` steps.
 
@@ -97,6 +98,9 @@ def train(
     channels_last : store images and convolution weights in NHWC order (faster convolutions
         on GPUs with tensor cores)
     compile : ``torch.compile`` the model for the training steps (the EMA copy is not compiled)
+    param_groups : optional ``param_groups(model) -> [{"params": ..., "lr": ...}, ...]``, Adam's
+        parameter groups (e.g. a second learning rate for part of the model); a group may set its
+        own ``"grad_clip"`` (a float, or None for no clipping), which overrides ``grad_clip``
 
     Distributed data parallel: when :mod:`torch.distributed` is initialised (e.g. under
     ``torchrun``), the model is wrapped in ``DistributedDataParallel``; each process draws its
@@ -126,7 +130,8 @@ def train(
     rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     model.to(device, memory_format=memory_format).train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    groups = [{"params": list(model.parameters())}] if param_groups is None else param_groups(model)
+    opt = torch.optim.Adam(groups, lr=lr)
     ema = EMA(model, ema_decay)
     result = TrainResult(model, ema.model)
     start = 0
@@ -177,8 +182,10 @@ def train(
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            for group in opt.param_groups:  # clip each group's gradient norm
+                clip = group.get("grad_clip", grad_clip)
+                if clip is not None:
+                    nn.utils.clip_grad_norm_(group["params"], clip)
             opt.step()
             ema.update(model)
             result.losses.append(loss.item())

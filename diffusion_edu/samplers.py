@@ -361,7 +361,7 @@ def dpm_solver(
         else:
             h = lam_n - lam
             em1 = math.expm1(-h)  # e^{-h} - 1
-            x = (s_n / s if s > 0 else 0.0) * x - a_n * em1 * x0  # first order (DDIM)
+            x = (s_n / s) * x - a_n * em1 * x0  # first order (DDIM); s > 0 at every start of a step
             if k >= 2:
                 (m1, l1), (m0, l0) = history[-2], history[-1]
                 r0 = (l0 - l1) / h
@@ -390,7 +390,7 @@ def _ancestral(denoiser, x, ts, eta, variance, generator, callback):
         a_n, s_n = (c.item() for c in sched.marginal(ts[i + 1]))
         x0, eps = denoiser.x0_eps(x, ts[i])
         beta = max(s**2 - (a / a_n) ** 2 * s_n**2, 0.0)  # variance of q(x_t | x_s)
-        post = (s_n / s) ** 2 * beta if s > 0 else s_n**2  # variance of q(x_s | x_t, x0)
+        post = (s_n / s) ** 2 * beta  # variance of q(x_s | x_t, x0)
         c = eta * math.sqrt(post)
         x = a_n * x0 + math.sqrt(max(s_n**2 - c**2, 0.0)) * eps  # mean: alpha_s x0 + direction to x_t
         if i < len(ts) - 2:  # no noise in the last step

@@ -282,12 +282,20 @@ def read_cifar10_batch(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Ten
 
     Returns ``(images (n, 3, 32, 32) uint8, labels (n,) int64)``. Raises
     ``pickle.UnpicklingError`` if the file asks for any global other than numpy's array
-    reconstruction functions (a file that would run code when loaded).
+    reconstruction functions (a file that would run code when loaded), and ``ValueError`` naming
+    the file if it is not a pickle at all.
     """
     path = Path(path)
     with open(path, "rb") as f:
         # encoding="bytes": the real files are Python 2 pickles whose str objects become bytes
-        d = _RestrictedUnpickler(f, encoding="bytes").load()
+        try:
+            d = _RestrictedUnpickler(f, encoding="bytes").load()
+        except pickle.UnpicklingError as e:
+            if str(e).startswith("refusing"):  # a forbidden global: keep the security error
+                raise
+            raise ValueError(f"{path}: not a CIFAR-10 python batch (not a readable pickle: {e})") from e
+        except (EOFError, ValueError, TypeError, IndexError, KeyError) as e:
+            raise ValueError(f"{path}: not a CIFAR-10 python batch (not a readable pickle: {e!r})") from e
     if not isinstance(d, dict):
         raise ValueError(f"{path}: expected a pickled dict, got {type(d).__name__}")
     d = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}

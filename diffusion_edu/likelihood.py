@@ -16,9 +16,9 @@ Hutchinson's unbiased estimate ``E_z[z^T (dv/dx) z]`` with ``E[z z^T] = I`` (one
            + \sum_{n=2}^{N} \underbrace{E_q\, KL(q(x_{n-1}|x_n, x_0) \| p_\theta(x_{n-1}|x_n))}_{L_{n-1}}
            \underbrace{- E_q \log p_\theta(x_0 | x_1)}_{L_0\ \text{(decoder)}} ,
 
-with ``p_theta(x_{n-1} | x_n) = N(mu_theta, sigma_n^2 I)``; each KL is between two Gaussians and
+with ``p_theta(x_{n-1} | x_n) = N(mu_theta, v_n I)``; each KL is between two Gaussians and
 reduces to a weighted noise-prediction error, ``w_n ||eps - eps_theta||^2 + const``, with
-``w_n = beta_n^2 / (2 sigma_n^2 alpha_n (1 - abar_n))`` (:func:`elbo_weights`).
+``w_n = beta_n^2 / (2 v_n (1 - beta_n) (1 - abar_n))`` (:func:`elbo_weights`).
 
 **Bits per dimension.** ``nll / (D log 2)``; for a density on dequantised continuous data the
 offset ``log(1 / bin width)`` per dimension converts it into a bound on the probability of the
@@ -246,15 +246,15 @@ def ddpm_elbo(
 
     - ``L_N`` (prior): ``KL(N(sqrt(abar_N) x_0, (1 - abar_N) I) || N(0, I))``, exact.
     - ``L_n``, ``n >= 1``: ``q(x_{n-1} | x_n, x_0) = N(mu_tilde, beta_tilde_n I)`` with
-      ``mu_tilde = (x_n - beta_n / sqrt(1 - abar_n) eps) / sqrt(alpha_n)`` and
+      ``mu_tilde = (x_n - beta_n / sqrt(1 - abar_n) eps) / sqrt(1 - beta_n)`` and
       ``beta_tilde_n = (1 - abar_{n-1}) / (1 - abar_n) beta_n``; the model has the same form with
-      ``eps_theta`` and variance ``sigma_n^2 = beta_tilde_n`` or ``beta_n`` (``variance``;
+      ``eps_theta`` and variance ``v_n = beta_tilde_n`` or ``beta_n`` (``variance``;
       Ho et al. note that ``beta_n`` is the optimal fixed choice for ``x_0 ~ N(0, I)`` and
       ``beta_tilde_n`` for ``x_0`` a single point, so ``"beta"`` suits continuous data and
       ``"beta_tilde"`` concentrated, e.g. discrete, data). Their KL:
 
-      .. math:: \tfrac{D}{2}\big(\tfrac{\tilde\beta_n}{\sigma_n^2} - 1 - \log\tfrac{\tilde\beta_n}{\sigma_n^2}\big)
-                + \frac{\beta_n^2}{2 \sigma_n^2 \alpha_n (1 - \bar\alpha_n)} \|\varepsilon - \varepsilon_\theta\|^2 .
+      .. math:: \tfrac{D}{2}\big(\tfrac{\tilde\beta_n}{v_n} - 1 - \log\tfrac{\tilde\beta_n}{v_n}\big)
+                + \frac{\beta_n^2}{2 v_n (1 - \beta_n) (1 - \bar\alpha_n)} \|\varepsilon - \varepsilon_\theta\|^2 .
 
     - ``L_0`` (decoder) ``-log p(x_0 | x_1)`` with mean the denoised estimate ``x0_hat`` at index 0
       and variance ``sigma_1^2 = beta_1`` (``variance="beta"``) or
@@ -298,7 +298,7 @@ def ddpm_elbo(
     N, B, D = len(abar), x0.shape[0], x0[0].numel()
     if decoder == "discrete":
         _check_on_grid(x0, levels, value_range)
-    sigma2 = _model_variances(abar, variance)  # (N,) sigma_n^2, index 0 the decoder's
+    sigma2 = _model_variances(abar, variance)  # (N,) v_n, index 0 the decoder's
     x0_64 = x0.double()
 
     a_N = abar[-1]  # prior: KL(N(sqrt(abar_N) x0, 1 - abar_N) || N(0, 1)), summed over dims
@@ -330,10 +330,11 @@ def ddpm_elbo(
 
 
 def elbo_weights(alphas_cumprod: torch.Tensor | DDPMSchedule, variance: str = "beta_tilde") -> torch.Tensor:
-    """``w_n = beta_n^2 / (2 sigma_n^2 alpha_n (1 - abar_n))``, ``(N,)`` float64: the weight of
-    ``||eps - eps_theta||^2`` in the ELBO term ``L_n``. At ``n = 0`` it is the weight in the
-    Gaussian decoder, ``(1 - abar_1) / (2 sigma_1^2 abar_1)`` (the same formula, with
-    ``beta_1 = 1 - abar_1``). ``L_simple`` (Ho et al., 2020) sets every ``w_n`` to 1.
+    """``w_n = beta_n^2 / (2 v_n (1 - beta_n) (1 - abar_n))``, ``(N,)`` float64: the weight of
+    ``||eps - eps_theta||^2`` in the ELBO term ``L_n``, with ``v_n`` the variance of the reverse
+    step (``variance="beta"``: ``beta_n``; ``"beta_tilde"``: the posterior's ``beta~_n``). At
+    ``n = 0`` it is the weight in the Gaussian decoder, ``(1 - abar_1) / (2 v_1 abar_1)`` (the same
+    formula, with ``beta_1 = 1 - abar_1``). ``L_simple`` (Ho et al., 2020) sets every ``w_n`` to 1.
 
     Examples
     --------
@@ -360,6 +361,9 @@ def normal_kl(mean1, var1, mean2, var2) -> torch.Tensor:
     0.5
     """
     mean1, var1, mean2, var2 = (torch.as_tensor(v, dtype=torch.float64) for v in (mean1, var1, mean2, var2))
+    for name, var in (("var1", var1), ("var2", var2)):
+        if not (var > 0).all():
+            raise ValueError(f"{name} must be a variance > 0 everywhere, got minimum {var.min().item():.3g}")
     return 0.5 * (torch.log(var2 / var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1)
 
 
@@ -375,9 +379,17 @@ def discretized_gaussian_log_likelihood(
     of its bin: ``Phi((x + delta - mean) / std) - Phi((x - delta - mean) / std)`` per dimension.
     Computed from ``log Phi`` in float64 without cancellation in either tail.
     """
-    lo, hi = (float(s) for s in value_range)
+    lo, hi = _check_levels_range(levels, value_range)
+    if x.ndim < 2 or mean.shape != x.shape:
+        raise ValueError(f"x must be (B, *dims) and mean of the same shape, got x {tuple(x.shape)}, "
+                         f"mean {tuple(mean.shape)}")
     x, mean = x.double(), mean.double()
+    if not ((x >= lo - 1e-6) & (x <= hi + 1e-6)).all():
+        raise ValueError(f"x must lie in value_range {value_range} (the discrete data), got values in "
+                         f"[{x.min().item():.3g}, {x.max().item():.3g}]")
     std = torch.as_tensor(std, dtype=torch.float64, device=x.device)
+    if not (std > 0).all():
+        raise ValueError(f"std must be > 0, got minimum {std.min().item():.3g}")
     delta = (hi - lo) / (2 * (levels - 1))
     u, l = (x + delta - mean) / std, (x - delta - mean) / std  # standardised bin edges, u > l
     log_cdf_u, log_sf_l = torch.special.log_ndtr(u), torch.special.log_ndtr(-l)
@@ -411,8 +423,10 @@ def bits_per_dim(
       .. math:: \text{bits/dim} = \Big(\frac{\text{nll}}{D} + \log \frac{K - 1}{hi - lo}\Big) / \log 2 ,
 
       ``(nll / D + log 127.5) / log 2`` for 8-bit data in ``[-1, 1]``: an upper bound on the
-      discrete NLL, the convention of Ho et al. (2020) and Song et al. (2021) for continuous
-      models. (A density evaluated at the grid points themselves, without dequantisation, is
+      discrete NLL. Uniform dequantisation is the device of Uria, Murray & Larochelle (2013) and
+      Theis, van den Oord & Bethge (2016), used for the probability-flow likelihoods of Song et al.
+      (2021b, "Score-based generative modeling through SDEs"). (Ho et al. 2020's 3.70 bits/dim is
+      not of this kind: it is ``-log P`` of a discrete decoder, the ``levels=None`` case.) (A density evaluated at the grid points themselves, without dequantisation, is
       not a bound on anything.) For the 17-level digits in ``[-1, 1]`` the offset is
       ``log2(8) = 3`` bits and the uniform distribution scores ``log2(17) = 4.09``.
 
@@ -429,10 +443,7 @@ def bits_per_dim(
     D = x[0].numel()
     if levels is None:
         return nll / (D * math.log(2))
-    lo, hi = (float(s) for s in value_range)
-    if not (isinstance(levels, int) and levels >= 2 and lo < hi):
-        raise ValueError(f"levels must be an int >= 2 (or None) and value_range (lo, hi) with lo < hi, "
-                         f"got levels={levels!r}, value_range={value_range!r}")
+    lo, hi = _check_levels_range(levels, value_range)
     return (nll / D + math.log((levels - 1) / (hi - lo))) / math.log(2)
 
 
@@ -450,16 +461,33 @@ def dequantize(
     >>> bool(((y - x).abs() <= 1 / 16).all())
     True
     """
-    lo, hi = (float(s) for s in value_range)
+    lo, hi = _check_levels_range(levels, value_range)
+    if not ((x >= lo - 1e-6) & (x <= hi + 1e-6)).all():
+        raise ValueError(f"x must lie in value_range {value_range} (the discrete data), got values in "
+                         f"[{x.min().item():.3g}, {x.max().item():.3g}]")
     delta = (hi - lo) / (levels - 1)
     u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device) - 0.5
     return x + delta * u
 
 
 # -- helpers ---------------------------------------------------------------------------------
+def _check_levels_range(levels, value_range) -> tuple[float, float]:
+    """``(lo, hi)`` after checking ``levels`` (an int >= 2) and ``value_range`` (lo < hi)."""
+    try:
+        lo, hi = (float(s) for s in value_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"value_range must be a pair (lo, hi), got {value_range!r}") from None
+    if not (isinstance(levels, int) and not isinstance(levels, bool) and levels >= 2 and lo < hi):
+        raise ValueError(f"levels must be an int >= 2 and value_range (lo, hi) with lo < hi, "
+                         f"got levels={levels!r}, value_range={value_range!r}")
+    return lo, hi
+
+
 def _model_variances(abar: torch.Tensor, variance: str) -> torch.Tensor:
-    """``sigma_n^2`` of ``p_theta(x_{n-1} | x_n)``: ``beta_n``, or ``beta_tilde_n`` with index 0
+    """``v_n``, the variance of ``p_theta(x_{n-1} | x_n)``: ``beta_n``, or ``beta_tilde_n`` with index 0
     (the decoder) given ``beta_tilde`` of index 1, since ``beta_tilde_1 = 0``."""
+    if variance not in ("beta", "beta_tilde"):
+        raise ValueError(f"variance must be 'beta' or 'beta_tilde', got {variance!r}")
     abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
     beta = 1 - abar / abar_prev
     beta_tilde = (1 - abar_prev) / (1 - abar) * beta

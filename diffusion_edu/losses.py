@@ -71,8 +71,12 @@ def sample_times(schedule: Schedule, batch: int, generator: torch.Generator | No
                  t_eps: float = 1e-5) -> torch.Tensor:
     """Training times ``(batch,)`` float64: ``n ~ U{0..N-1}`` for a DDPM schedule, else
     ``t ~ U(max(t_eps, t_min), T)``."""
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be an int >= 1, got {batch!r}")
     if isinstance(schedule, DDPMSchedule):
         return torch.randint(schedule.num_steps, (batch,), generator=generator).double()
+    if not 0 <= float(t_eps) < schedule.T:
+        raise ValueError(f"t_eps must be in [0, T) = [0, {schedule.T:g}), got {t_eps!r}")
     lo = max(float(t_eps), schedule.t_min)
     u = torch.rand(batch, generator=generator, dtype=torch.float64)
     return lo + (schedule.T - lo) * u
@@ -137,7 +141,9 @@ def dsm_loss(
         pred = net(xt, t_net, y=y)
     if pred.shape != xt.shape:
         raise ValueError(f"net(x, t) must return the shape of x {tuple(xt.shape)}, got {tuple(pred.shape)}")
-    dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)  # >= float32 (bf16 autocast)
+    # the loss in the data's precision (the schedule's float64 coefficients do not promote a
+    # float32 batch), and at least float32 (bf16 under autocast)
+    dtype = torch.promote_types(torch.promote_types(pred.dtype, x0.dtype), torch.float32)
     err = (pred.to(dtype) - target.to(dtype)).pow(2).flatten(1).mean(1)  # (B,) MSE on the own target
     if weighting != prediction:
         ratio = loss_weight(weighting, schedule, t) / loss_weight(prediction, schedule, t)

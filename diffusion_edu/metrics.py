@@ -121,6 +121,9 @@ def classifier_accuracy(logits_or_probs, labels) -> float:
         raise ValueError(
             f"labels must be a ({scores.shape[0]},) integer tensor, got {labels.dtype} {tuple(labels.shape)}"
         )
+    if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < scores.shape[1]):
+        raise ValueError(f"labels must be class indices in [0, {scores.shape[1]}), got values in "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
     return (scores.argmax(dim=1) == labels.to(scores.device)).double().mean().item()
 
 

@@ -104,8 +104,7 @@ class BrownianSDE(SDE):
     """
 
     def __init__(self, T: float = 1.0):
-        if not T > 0:
-            raise ValueError(f"T must be > 0, got {T}")
+        _check_T(T)
         self.T = float(T)
         self.t_eps = 5e-5  # sigma(t_eps) = 0.01
         self.prior_std = math.sqrt(2 * self.T)
@@ -138,6 +137,7 @@ class VESDE(SDE):
             raise ValueError(
                 f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"
             )
+        _check_T(T)
         self.sigma_min, self.sigma_max, self.T = float(sigma_min), float(sigma_max), float(T)
         self.t_eps = 1e-5
         self.prior_std = self.sigma_max
@@ -170,6 +170,7 @@ class VPSDE(SDE):
             raise ValueError(
                 f"need 0 < beta_min <= beta_max, got beta_min={beta_min}, beta_max={beta_max}"
             )
+        _check_T(T)
         self.beta_min, self.beta_max, self.T = float(beta_min), float(beta_max), float(T)
         self.t_eps = 1e-3
         self.prior_std = 1.0
@@ -206,3 +207,8 @@ class SubVPSDE(VPSDE):
     def marginal(self, t):
         la = self.log_alpha(t)
         return torch.exp(la), -torch.expm1(2 * la)
+
+
+def _check_T(T) -> None:
+    if not (isinstance(T, (int, float)) and math.isfinite(T) and T > 0):
+        raise ValueError(f"T must be a finite number > 0, got {T!r}")

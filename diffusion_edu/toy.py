@@ -313,6 +313,8 @@ def swiss_roll(n: int, generator: torch.Generator | None = None, noise: float = 
 def checkerboard(n: int, generator: torch.Generator | None = None, size: int = 4) -> torch.Tensor:
     """Uniform on the dark squares of a ``size x size`` checkerboard on ``[-2, 2]^2``."""
     _check_n(n)
+    if not isinstance(size, int) or size < 2 or size % 2:
+        raise ValueError(f"size must be an even int >= 2 (squares per side), got {size!r}")
     cell = 4.0 / size
     i = torch.randint(size, (n,), generator=generator)
     j = torch.randint(size // 2, (n,), generator=generator) * 2 + (i % 2)

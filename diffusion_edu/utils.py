@@ -91,6 +91,8 @@ def as_batch_time(
 ) -> torch.Tensor:
     """Turn a float, 0-d tensor or ``(B,)`` tensor into a ``(batch,)`` tensor on ``device``."""
     t = torch.as_tensor(t, dtype=dtype, device=device)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} must be finite, got {t.flatten()[:4].tolist()}")
     if t.ndim == 0:
         return t.expand(batch)
     if t.ndim != 1 or t.shape[0] != batch:

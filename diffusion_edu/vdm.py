@@ -4,16 +4,20 @@ r"""Variational diffusion models: the continuous-time ELBO and a learned noise s
 The variance-preserving forward process is written through ``gamma(t) = -log SNR(t)``,
 increasing on ``t in [0, 1]`` from ``gamma_min`` to ``gamma_max``:
 
-.. math::  z_t = \alpha_t x + \sigma_t \varepsilon, \qquad
+.. math::  x_t = \alpha_t x + \sigma_t \varepsilon, \qquad
            \alpha_t^2 = \operatorname{sigmoid}(-\gamma(t)), \quad \sigma_t^2 = \operatorname{sigmoid}(\gamma(t)),
            \quad \mathrm{SNR}(t) = \alpha_t^2 / \sigma_t^2 = e^{-\gamma(t)} .
 
+(Kingma et al. write the latent ``z_t``; the book writes ``x_t`` as everywhere else, with ``x`` the
+data. Since ``sigma_0 > 0`` here, the latent at ``t = 0`` is still noisy: it is written ``x_{t=0}``,
+never ``x_0``, which is the data.)
+
 In the limit of infinitely many steps the negative ELBO of the diffusion model is
 
-.. math::  -\text{ELBO}(x) = \underbrace{KL(q(z_1|x) \| N(0, I))}_{\text{prior}}
-           + \underbrace{E_{q(z_0|x)}[-\log p(x|z_0)]}_{\text{reconstruction}}
+.. math::  -\text{ELBO}(x) = \underbrace{KL(q(x_{t=1}|x) \| N(0, I))}_{\text{prior}}
+           + \underbrace{E_{q(x_{t=0}|x)}[-\log p(x|x_{t=0})]}_{\text{reconstruction}}
            + \underbrace{\tfrac12\, E_{t \sim U(0,1),\, \varepsilon}\big[\gamma'(t)\,
-             \|\varepsilon - \hat\varepsilon(z_t; \gamma_t)\|^2\big]}_{L_\infty\ \text{(diffusion)}} .
+             \|\varepsilon - \hat\varepsilon(x_t; \gamma_t)\|^2\big]}_{L_\infty\ \text{(diffusion)}} .
 
 **The schedule's shape does not change the bound.** Substituting ``v = gamma(t)``,
 ``L_inf = 1/2 int_{gamma_min}^{gamma_max} E||eps - eps_hat(z_v; v)||^2 dv`` depends on the
@@ -212,15 +216,15 @@ def vdm_loss(
 ) -> VDMLoss:
     r"""One-sample estimate of the VDM negative ELBO for a batch ``x`` ``(B, *dims)``.
 
-    - diffusion ``1/2 gamma'(t) ||eps - net(z_t, s_t)||^2`` with ``t ~ U(0, 1)`` (antithetic:
+    - diffusion ``1/2 gamma'(t) ||eps - net(x_t, s_t)||^2`` with ``t ~ U(0, 1)`` (antithetic:
       ``t_i = (u + i / B) mod 1``, one ``u`` per batch, which lowers the variance of the batch mean)
       and ``s_t = schedule.net_input(gamma(t))``;
     - prior ``KL(N(alpha_1 x, sigma_1^2 I) || N(0, I))``, exact;
-    - reconstruction ``-log p(x | z_0)``, ``z_0 = alpha_0 x + sigma_0 eps``, with
-      ``p(x | z_0)`` proportional to ``q(z_0 | x)`` as a function of ``x``: for discrete data
+    - reconstruction ``-log p(x | x_{t=0})``, ``x_{t=0} = alpha_0 x + sigma_0 eps``, with
+      ``p(x | x_{t=0})`` proportional to ``q(x_{t=0} | x)`` as a function of ``x``: for discrete data
       (``levels=K`` equally spaced values spanning ``value_range``) a softmax over the ``K`` values per
-      dimension with logits ``-(z_0 - alpha_0 v_k)^2 / (2 sigma_0^2)``, a probability; for
-      continuous data (``levels=None``) the density ``N(x; z_0 / alpha_0, sigma_0^2 / alpha_0^2)``.
+      dimension with logits ``-(x_{t=0} - alpha_0 v_k)^2 / (2 sigma_0^2)``, a probability; for
+      continuous data (``levels=None``) the density ``N(x; x_{t=0} / alpha_0, sigma_0^2 / alpha_0^2)``.
 
     ``variance_reduction=True`` (when the graph is being recorded) registers hooks that scale the
     gradient reaching the schedule's *shape* by ``L_i / mean(L)`` (``L`` the diffusion terms,
@@ -251,25 +255,25 @@ def vdm_loss(
     g0, g1 = schedule._endpoints()
     gamma, dgamma = g0 + (g1 - g0) * h, (g1 - g0) * dh  # gamma(t), gamma'(t)
 
-    # diffusion term: 1/2 gamma'(t) ||eps - eps_hat(z_t; gamma_t)||^2
+    # diffusion term: 1/2 gamma'(t) ||eps - eps_hat(x_t; gamma_t)||^2
     eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(dev)
     alpha, sigma = torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt()
     z = append_dims(alpha, x.ndim) * x + append_dims(sigma, x.ndim) * eps
     eps_hat = net(z, schedule.net_input(gamma))
     diffusion = 0.5 * dgamma * (eps - eps_hat).pow(2).flatten(1).sum(1)
 
-    # prior term: KL(q(z_1 | x) || N(0, I)), alpha_1^2 = sigmoid(-gamma_max)
+    # prior term: KL(q(x_{t=1} | x) || N(0, I)), alpha_1^2 = sigmoid(-gamma_max)
     a1, s1 = torch.sigmoid(-g1), torch.sigmoid(g1)  # squares
     xf = x.flatten(1)
     prior = 0.5 * (s1 + a1 * xf.pow(2) - 1 - torch.log(s1)).sum(1)
 
-    # reconstruction term: -log p(x | z_0), z_0 = alpha_0 x + sigma_0 eps_0
+    # reconstruction term: -log p(x | x_{t=0}), x_{t=0} = alpha_0 x + sigma_0 eps_0
     a0, s0 = torch.sigmoid(-g0).sqrt(), torch.sigmoid(g0).sqrt()
     eps0 = torch.randn(xf.shape, generator=generator, dtype=x.dtype).to(dev)
     z0 = a0 * xf + s0 * eps0  # (B, D)
-    if levels is None:  # N(x; z_0 / alpha_0, sigma_0^2 / alpha_0^2)
+    if levels is None:  # N(x; x_{t=0} / alpha_0, sigma_0^2 / alpha_0^2)
         reconstruction = -torch.distributions.Normal(z0 / a0, s0 / a0).log_prob(xf).sum(1)
-    else:  # softmax over the K values of q(z_0 | x = v_k)
+    else:  # softmax over the K values of q(x_{t=0} | x = v_k)
         lo, hi = (float(s) for s in value_range)
         values = torch.linspace(lo, hi, levels, dtype=x.dtype, device=dev)  # (K,)
         k = ((xf - lo) / (hi - lo) * (levels - 1)).round().long()  # (B, D) index of x

@@ -189,5 +189,5 @@ def test_bad_input_raises():
         VESDE(sigma_min=0.0, sigma_max=1.0)
     with pytest.raises(ValueError, match="beta_min"):
         VPSDE(beta_min=-1.0)
-    with pytest.raises(ValueError, match="T must be > 0"):
+    with pytest.raises(ValueError, match="T must be a finite number > 0"):
         BrownianSDE(T=0)

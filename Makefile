@@ -1,7 +1,8 @@
 # diffusion-edu: `make test` and `make lab` work on a fresh machine with
 # Python 3.10+ and make; each target creates $(VENV) on first use.
 #
-#   make setup   create .venv and install the package with the test and compare extras
+#   make setup   create .venv and install the package with the test, compare, tensorboard and
+#                notebooks (JupyterLab, jupyterlab-myst) extras
 #   make test    run every test: unit tests and every notebook (quick budgets)
 #   make lab     open the chapter notebooks in JupyterLab
 #   make book    execute the notebooks and build the website into book/_build/html
@@ -25,7 +26,6 @@ PYTEST_ARGS ?=
 
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-STAMP_NOTEBOOKS := $(VENV)/.installed-notebooks
 STAMP_BOOK := $(VENV)/.installed-book
 # MathJax 3 from the npm registry, served by the site itself (no CDN).
 MATHJAX_VERSION ?= 3.2.2
@@ -49,21 +49,23 @@ $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --upgrade pip
 	$(VPY) -m pip install "$(TORCH_SPEC)"
-	$(VPY) -m pip install -e ".[test,compare]"
+	$(VPY) -m pip install -e ".[test,compare,tensorboard,notebooks]"
 	touch $@
 
 test: $(STAMP)
-	$(TEST_ENV) $(VPY) -m pytest -n 2 --dist loadscope --nbval-lax --doctest-modules tests notebooks diffusion_edu $(PYTEST_ARGS)
+	$(TEST_ENV) $(VPY) -m pytest -n 2 --dist loadscope --nbval-lax --doctest-modules tests notebooks book/appendix_math.ipynb diffusion_edu $(PYTEST_ARGS)
 
-$(STAMP_NOTEBOOKS): $(STAMP)
-	$(VPY) -m pip install -e ".[test,compare,notebooks]"
-	touch $@
+# JupyterLab refuses to run as root (containers, cloud machines) unless told --allow-root.
+LAB_ROOT := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
+# Extra arguments for JupyterLab, e.g. LAB_ARGS='--no-browser --port 8890'.
+LAB_ARGS ?=
 
-lab: $(STAMP_NOTEBOOKS)
-	$(VENV)/bin/jupyter lab notebooks/
+# Serves the repository (chapters in notebooks/, the math appendix in book/) and opens notebooks/.
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --ServerApp.default_url=/lab/tree/notebooks $(LAB_ROOT) $(LAB_ARGS)
 
 $(STAMP_BOOK): $(STAMP)
-	$(VPY) -m pip install -e ".[test,compare,book]"
+	$(VPY) -m pip install -e ".[test,compare,tensorboard,book]"
 	touch $@
 
 $(MATHJAX):
@@ -86,7 +88,7 @@ student: $(STAMP)
 	$(VPY) tools/make_student.py notebooks student
 
 strip: $(STAMP)
-	$(VENV)/bin/nbstripout notebooks/*.ipynb
+	$(VENV)/bin/nbstripout notebooks/*.ipynb book/*.ipynb
 
 clean:
 	rm -rf book/_build student build dist .pytest_cache .hypothesis *.egg-info

@@ -1,6 +1,6 @@
 """Chapter notebooks are committed clean.
 
-Every ``notebooks/*.ipynb`` is valid nbformat v4, names the ``python3`` kernel,
+Every ``notebooks/*.ipynb`` (and ``book/*.ipynb``, the math appendix) is valid nbformat v4, names the ``python3`` kernel,
 and has no outputs and no execution counts in its code cells. Fix a failure
 with ``make strip`` (nbstripout), or in JupyterLab with "Clear All Outputs"
 before saving.
@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
-NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb")) + sorted((ROOT / "book").glob("*.ipynb"))  # + the math appendix
 
 
 def _id(path: Path) -> str:

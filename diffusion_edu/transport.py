@@ -17,10 +17,18 @@ squared displacement). Every function below says which of the two it returns.
   ``diag(u) exp(-M / reg) diag(v)``. The plan's cost exceeds ``W_2^2`` by at most
   ``reg log(min(n, m))``; with ``reg = 2 s^2`` the plan is the static Schrödinger bridge for a
   Brownian reference whose increment has variance ``s^2`` (Léonard, 2014).
+- :func:`entropic_ot`, :func:`sinkhorn_divergence` -- the entropic objective
+  ``OT_reg = <P, M> + reg KL(P | a b^T)`` at the entropic plan (non-negative, but not zero
+  between equal measures) and its debiased version
+  ``S_reg(mu, nu) = OT_reg(mu, nu) - OT_reg(mu, mu) / 2 - OT_reg(nu, nu) / 2``
+  (Genevay et al., 2018; Feydy et al., 2019), which is zero for equal measures and positive
+  otherwise.
 - :func:`sliced_w2` -- the mean of one-dimensional ``W_2^2`` over random directions
   (Rabin et al., 2011; Bonneel et al., 2015), a different and smaller distance.
 - :func:`gaussian_w2`, :func:`gaussian_map` -- the closed form between Gaussians
-  (Dowson & Landau, 1982; the Bures-Wasserstein distance) and the linear optimal map.
+  (Dowson & Landau, 1982; the Bures-Wasserstein distance) and the linear optimal map;
+  :func:`gaussian_entropic_ot` -- the entropic problem between Gaussians in closed form
+  (Janati et al., 2020).
 - :func:`ot_pairs`, :func:`transport_cost` -- re-pair a minibatch optimally; the cost of a map
   given as pairs.
 
@@ -43,9 +51,12 @@ __all__ = [
     "ot_plan",
     "sinkhorn_plan",
     "sinkhorn_w2",
+    "entropic_ot",
+    "sinkhorn_divergence",
     "sliced_w2",
     "gaussian_w2",
     "gaussian_map",
+    "gaussian_entropic_ot",
     "ot_pairs",
     "transport_cost",
     "sqrtm_psd",
@@ -64,8 +75,10 @@ def w2(x, y, a=None, b=None) -> float:
     ----------
     x : (n, D) tensor or array
     y : (m, D) tensor or array (``m`` may differ from ``n``)
-    a, b : (n,) and (m,) non-negative weights, or None for ``1/n`` and ``1/m``; each is
-        normalised to sum to one.
+    a, b : (n,) and (m,) probability vectors (non-negative, summing to one within ``1e-6``),
+        or None for ``1/n`` and ``1/m``; anything else raises a ``ValueError`` naming ``a`` or
+        ``b`` (the programme couples two probability measures: unnormalised weights would
+        silently change the problem).
 
     Returns
     -------
@@ -110,8 +123,7 @@ def ot_plan(x, y, method: str = "exact", reg: float = 0.05, a=None, b=None) -> n
     if method == "exact":
         return ot.emd(a, b, M, numItermax=10_000_000)
     if method == "sinkhorn":
-        if not reg > 0:
-            raise ValueError(f"reg must be > 0, got {reg}")
+        _check_reg(reg)
         scale = M.mean() if M.mean() > 0 else 1.0
         return _sinkhorn(a, b, M, reg * scale, "sinkhorn", 10_000, 1e-9)
     raise ValueError(f"method must be 'exact' or 'sinkhorn', got {method!r}")
@@ -155,10 +167,13 @@ def sinkhorn_plan(
     >>> bool(abs(P.sum() - 1) < 1e-9 and P[0, 0] > 0.49)  # almost the identity pairing
     True
     """
-    if not reg > 0:
-        raise ValueError(f"reg must be > 0, got {reg}")
+    _check_reg(reg)
     if method not in ("sinkhorn", "sinkhorn_log"):
         raise ValueError(f"method must be 'sinkhorn' or 'sinkhorn_log', got {method!r}")
+    if not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
+    if not (tol > 0 and math.isfinite(tol)):
+        raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
     xa, ya, a, b = _problem(x, y, a, b)
     M = ot.dist(xa, ya, metric="sqeuclidean")
     return _sinkhorn(a, b, M, float(reg), method, max_iter, tol)
@@ -184,6 +199,61 @@ def sinkhorn_w2(x, y, reg: float, a=None, b=None, **kwargs) -> float:
     P = sinkhorn_plan(xa, ya, reg, a, b, **kwargs)
     cost = float((P * ot.dist(xa, ya, metric="sqeuclidean")).sum())
     return math.sqrt(max(cost, 0.0))
+
+
+def entropic_ot(x, y, reg: float, a=None, b=None, **kwargs) -> float:
+    r"""The entropic optimal-transport value (a squared length)
+
+    .. math::  \mathrm{OT}_\varepsilon(\mu, \nu) = \min_{P \in U(a, b)} \langle P, M \rangle
+               + \varepsilon\, \mathrm{KL}(P \,\|\, a b^\top), \qquad \varepsilon = \text{reg},
+
+    evaluated at the plan of :func:`sinkhorn_plan` (whose keyword arguments it accepts). The
+    relative entropy to the independent coupling ``a b^T`` is the convention of Genevay et al.
+    (2018), Feydy et al. (2019) and Janati et al. (2020); it differs from Cuturi's
+    ``<P, M> - reg H(P)`` by the constant ``reg (H(a) + H(b))`` and makes the value
+    non-negative. It is **not** zero for ``mu = nu``: the plan spreads mass between
+    neighbours, which is why :func:`sinkhorn_divergence` subtracts the self-terms.
+    Same cost as :func:`sinkhorn_plan`.
+
+    Examples
+    --------
+    >>> x = torch.tensor([[0.0], [1.0]])
+    >>> round(entropic_ot(x, x, reg=1e-2), 6)   # identity plan: cost 0, KL(P | a b^T) = log 2
+    0.006931
+    """
+    xa, ya, a, b = _problem(x, y, a, b)
+    P = sinkhorn_plan(xa, ya, reg, a, b, **kwargs)
+    M = ot.dist(xa, ya, metric="sqeuclidean")
+    ab = a[:, None] * b[None, :]
+    pos = P > 0  # 0 log 0 = 0
+    kl = float((P[pos] * np.log(P[pos] / ab[pos])).sum())
+    return float((P * M).sum()) + float(reg) * kl
+
+
+def sinkhorn_divergence(x, y, reg: float, a=None, b=None, **kwargs) -> float:
+    r"""Debiased Sinkhorn divergence (a squared length; Genevay et al., 2018; Feydy et al., 2019):
+
+    .. math::  S_\varepsilon(\mu, \nu) = \mathrm{OT}_\varepsilon(\mu, \nu)
+               - \tfrac12 \mathrm{OT}_\varepsilon(\mu, \mu) - \tfrac12 \mathrm{OT}_\varepsilon(\nu, \nu)
+
+    with :func:`entropic_ot`. Feydy et al. prove ``S_eps >= 0`` with equality iff
+    ``mu = nu``, and that ``S_eps`` tends to ``W_2^2`` as ``eps -> 0`` and to a kernel
+    distance (an MMD with kernel ``-|x - y|^2``, which only compares the means) as
+    ``eps -> infinity``. Three Sinkhorn problems, so three times the
+    cost of :func:`sinkhorn_plan`, whose keyword arguments it accepts.
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.randn(100, 2, generator=g)
+    >>> abs(sinkhorn_divergence(x, x, reg=0.5)) < 1e-9     # zero for equal measures
+    True
+    >>> sinkhorn_divergence(x, x + 1.0, reg=0.5) > 0
+    True
+    """
+    xa, ya, a, b = _problem(x, y, a, b)
+    return (entropic_ot(xa, ya, reg, a, b, **kwargs) - 0.5 * entropic_ot(xa, xa, reg, a, a, **kwargs)
+            - 0.5 * entropic_ot(ya, ya, reg, b, b, **kwargs))
 
 
 def sliced_w2(
@@ -283,6 +353,55 @@ def gaussian_map(m1, C1, m2, C2) -> tuple[torch.Tensor, torch.Tensor]:
     return A.to(device), (m2 - A @ m1).to(device)
 
 
+def gaussian_entropic_ot(m1, C1, m2, C2, reg: float) -> tuple[float, float, torch.Tensor]:
+    r"""Entropic OT between ``N(m1, C1)`` and ``N(m2, C2)`` in closed form (Janati et al., 2020,
+    Theorem 1), for the problem of :func:`entropic_ot`,
+    ``min_pi E|X - Y|^2 + reg KL(pi | mu x nu)``. With Janati et al.'s ``sigma^2 = reg / 2``:
+
+    .. math::  D_\sigma = \big(4 C_1^{1/2} C_2 C_1^{1/2} + \sigma^4 I\big)^{1/2}, \qquad
+               C_\sigma = \tfrac12 C_1^{1/2} D_\sigma C_1^{-1/2} - \tfrac{\sigma^2}{2} I,
+
+    the optimal plan is the Gaussian with cross-covariance ``Cov(X, Y) = C_sigma``, its transport
+    cost is ``|m1 - m2|^2 + tr C1 + tr C2 - 2 tr C_sigma``, and the value is
+
+    .. math::  \|m_1 - m_2\|^2 + \operatorname{tr}(C_1 + C_2 - D_\sigma)
+               + D \sigma^2 (1 - \log 2\sigma^2) + \sigma^2 \log\det(D_\sigma + \sigma^2 I).
+
+    As ``reg -> 0`` both tend to ``W_2^2`` (:func:`gaussian_w2` squared); the plan's cost
+    exceeds ``W_2^2`` by about ``reg D / 2`` for small ``reg``. ``C1`` must be positive definite.
+    ``O(D^3)``.
+
+    Returns
+    -------
+    ``(value, plan_cost, cross_cov)``: two floats (squared lengths) and the ``(D, D)`` float64
+    CPU tensor ``C_sigma``.
+
+    Examples
+    --------
+    >>> value, cost, c = gaussian_entropic_ot([0.0], [[1.0]], [0.0], [[1.0]], reg=1.0)
+    >>> round(c.item(), 6)   # (-eps + sqrt(eps^2 + 16)) / 4 for unit variances
+    0.780776
+    """
+    _check_reg(reg)
+    m1, C1 = _gaussian(m1, C1, "m1", "C1")
+    m2, C2 = _gaussian(m2, C2, "m2", "C2")
+    if m1.shape != m2.shape:
+        raise ValueError(f"the two Gaussians must have the same dimension, got {m1.shape[0]} and {m2.shape[0]}")
+    lam, U = torch.linalg.eigh(C1)
+    if not (lam > 0).all():
+        raise ValueError(f"C1 must be positive definite, got eigenvalues {lam.tolist()}")
+    D, s2 = m1.shape[0], float(reg) / 2
+    I = torch.eye(D, dtype=torch.float64)
+    r1, r1_inv = (U * lam.sqrt()) @ U.T, (U / lam.sqrt()) @ U.T  # C1^{1/2}, C1^{-1/2}
+    D_s = sqrtm_psd(4 * r1 @ C2 @ r1 + s2**2 * I)
+    cross = 0.5 * r1 @ D_s @ r1_inv - 0.5 * s2 * I
+    mean_sq = (m1 - m2).pow(2).sum().item()
+    plan_cost = mean_sq + torch.trace(C1 + C2 - 2 * cross).item()
+    value = (mean_sq + torch.trace(C1 + C2 - D_s).item() + D * s2 * (1 - math.log(2 * s2))
+             + s2 * torch.linalg.slogdet(D_s + s2 * I)[1].item())
+    return value, plan_cost, cross
+
+
 def ot_pairs(x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Re-pair a minibatch by the exact optimal assignment: returns ``(x0, x1[perm])`` where
     ``perm`` minimises ``sum_i ||x0_i - x1_perm(i)||^2`` (equal batch sizes, any ``(B, *dims)``).
@@ -295,8 +414,12 @@ def ot_pairs(x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     >>> ot_pairs(x0, x1)[1].flatten().tolist()
     [-0.10000000149011612, 1.100000023841858]
     """
-    if x0.shape != x1.shape:
-        raise ValueError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
+    if not (torch.is_tensor(x0) and torch.is_tensor(x1)):
+        raise ValueError(f"x0 and x1 must be torch tensors, got {type(x0).__name__} and {type(x1).__name__}")
+    if x0.shape != x1.shape or x0.ndim < 2 or len(x0) == 0:
+        raise ValueError(f"x0 and x1 must have the same shape (B, *dims) with B >= 1, got {tuple(x0.shape)} and {tuple(x1.shape)}")
+    if not (torch.isfinite(x0).all() and torch.isfinite(x1).all()):
+        raise ValueError("x0 and x1 must be finite, got NaN/inf entries")
     plan = ot_plan(x0.flatten(1), x1.flatten(1), method="exact")
     perm = torch.from_numpy(plan.argmax(axis=1)).to(x1.device)  # a permutation for equal weights
     return x0, x1[perm]
@@ -326,6 +449,12 @@ def transport_cost(x_start, x_end) -> float:
 
 
 # -- helpers -------------------------------------------------------------------------------
+def _check_reg(reg) -> None:
+    if isinstance(reg, bool) or not isinstance(reg, (int, float, np.floating, np.integer)) \
+            or not (reg > 0 and math.isfinite(reg)):
+        raise ValueError(f"reg must be a finite number > 0 (a squared length), got {reg!r}")
+
+
 def _sinkhorn(a, b, M, reg, method, max_iter, tol) -> np.ndarray:
     with warnings.catch_warnings(), np.errstate(all="ignore"):  # we check the result below
         warnings.simplefilter("ignore")
@@ -363,9 +492,13 @@ def _as_weights(w, n, name) -> np.ndarray:
     if torch.is_tensor(w):
         w = w.detach().cpu().double().numpy()
     w = np.asarray(w, dtype=np.float64)
-    if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"{name} must be {n} non-negative finite weights with a positive sum, got shape {w.shape}")
-    return w / w.sum()
+    if w.shape != (n,):
+        raise ValueError(f"{name} must be a vector of {n} weights (one per point), got shape {w.shape}")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"{name} must be a probability vector: finite and non-negative, got min {np.min(w):.3g}")
+    if abs(w.sum() - 1.0) > 1e-6:
+        raise ValueError(f"{name} must be a probability vector summing to 1, got sum {w.sum():.6g}; divide by its sum")
+    return w / w.sum()  # remove the round-off of the sum exactly
 
 
 def _as_tensor(x, name) -> torch.Tensor:
@@ -394,7 +527,9 @@ def _gaussian(m, C, mname, cname) -> tuple[torch.Tensor, torch.Tensor]:
 
 def sqrtm_psd(C: torch.Tensor) -> torch.Tensor:
     """Symmetric square root of a symmetric positive semi-definite matrix (symmetric
-    eigendecomposition; round-off negative eigenvalues set to 0), ``O(D^3)``.
+    eigendecomposition; round-off negative eigenvalues, above ``-1e-6 (1 + max |C|)``, set to
+    0), ``O(D^3)``. A non-square, non-symmetric or indefinite ``C`` raises a ``ValueError``:
+    clipping a genuinely negative eigenvalue would return the root of a different matrix.
 
     Examples
     --------
@@ -402,6 +537,15 @@ def sqrtm_psd(C: torch.Tensor) -> torch.Tensor:
     tensor([[2., 0.],
             [0., 3.]], dtype=torch.float64)
     """
+    if not torch.is_tensor(C) or C.ndim != 2 or C.shape[0] != C.shape[1]:
+        raise ValueError(f"C must be a square (D, D) tensor, got {type(C).__name__} of shape {tuple(getattr(C, 'shape', ()))}")
+    if not torch.isfinite(C).all():
+        raise ValueError("C must be finite, got NaN/inf entries")
+    scale = 1 + C.abs().max().item() if C.numel() else 1.0
+    if not torch.allclose(C, C.T, rtol=0, atol=1e-6 * scale):
+        raise ValueError(f"C must be symmetric, got max |C - C^T| = {(C - C.T).abs().max().item():.3g}")
     C = 0.5 * (C + C.T)
     lam, U = torch.linalg.eigh(C)
+    if C.numel() and lam.min().item() < -1e-6 * scale:  # round-off negatives are clipped, not these
+        raise ValueError(f"C must be positive semi-definite (a covariance), got an eigenvalue {lam.min().item():.3g}")
     return (U * lam.clamp_min(0).sqrt()) @ U.T

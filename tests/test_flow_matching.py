@@ -9,9 +9,11 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from diffusion_edu.denoiser import Denoiser
-from diffusion_edu.flow_matching import StraightPath, cfm_loss, reflow, straightness
+from diffusion_edu.flow_matching import COUPLINGS, StraightPath, cfm_loss, reflow, straightness
 from diffusion_edu.nets import TimeMLP
 from diffusion_edu.samplers import probability_flow, solve_ode
 from diffusion_edu.schedules import time_grid
@@ -216,6 +218,63 @@ def test_errors_name_the_argument(gen):
         reflow(GaussianMixture(M[None], stds=S1).denoiser(StraightPath()), x, 1)  # no velocity net to copy
 
 
+@pytest.mark.parametrize("call, match", [
+    (lambda x, net, den: cfm_loss("not a net", x, x), "net must be a callable"),
+    (lambda x, net, den: cfm_loss(net, x, x, ["ot"]), "coupling must be one of"),
+    (lambda x, net, den: cfm_loss(net, x, x, schedule="straight"), "schedule must be a Schedule"),
+    (lambda x, net, den: cfm_loss(net, x, x, reduce="no"), "reduce must be True or False"),
+    (lambda x, net, den: cfm_loss(net, x[0], x[0]), "x0 must be a tensor of shape"),
+    (lambda x, net, den: cfm_loss(net, x, x.numpy()), "noise must be a tensor of shape"),
+    (lambda x, net, den: cfm_loss(net, x, x, t=torch.full((8,), 2.0)), "t must lie in"),
+    (lambda x, net, den: cfm_loss(net, x, x, t=torch.rand(3)), r"t must have shape \(8,\)"),
+    (lambda x, net, den: straightness(den, x, 0), "steps must be a positive int"),
+    (lambda x, net, den: straightness(den, x, True), "steps must be a positive int"),
+    (lambda x, net, den: straightness(den, x[0]), "noise must be a tensor of shape"),
+    (lambda x, net, den: straightness(den, x * float("inf")), "noise.*finite"),
+    (lambda x, net, den: reflow(den, x * float("nan"), 1), "noise.*finite"),
+    (lambda x, net, den: reflow(den, x, 0), "train_steps must be a positive int"),
+    (lambda x, net, den: reflow(den, x, 1, ode_steps=2.5), "ode_steps must be a positive int"),
+    (lambda x, net, den: reflow(den, x, 1, batch_size=0), "batch_size must be a positive int"),
+    (lambda x, net, den: reflow(den, x, 1, lr=-1e-3), "lr must be a finite float > 0"),
+    (lambda x, net, den: reflow(den, x, 1, lr=float("nan")), "lr must be a finite float > 0"),
+    (lambda x, net, den: reflow(den, x, 1, ema_decay=1.0), r"ema_decay must be a float in \[0, 1\)"),
+    (lambda x, net, den: reflow(den, x, 1, new_net=lambda x, t: x), "new_net must be a torch.nn.Module"),
+    (lambda x, net, den: reflow(den, x, 1, ode_steps=2, method="rk5"), "method"),
+])
+def test_public_functions_reject_bad_input(call, match, gen):
+    """Each public function checks what its equation assumes and names the argument in a ValueError,
+    before any work is done (no torch-internal message, no silent wrong answer)."""
+    x = torch.randn(8, 2, generator=gen)
+    net = TimeMLP(dim=2, hidden=8, depth=1)
+    with pytest.raises(ValueError, match=match):
+        call(x, net, velocity_model(net))
+
+
+@settings(max_examples=40, deadline=None)
+@given(B=st.integers(1, 9), dims=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+       dtype=st.sampled_from([torch.float32, torch.float64]), t=st.one_of(st.none(), st.floats(0.0, 1.0)),
+       coupling=st.sampled_from(COUPLINGS), seed=st.integers(0, 2**16))
+def test_cfm_loss_properties(B, dims, dtype, t, coupling, seed):
+    """For any batch size, data shape, dtype, coupling and t (None, or a float broadcast over the batch):
+    per-example losses have shape (B,), reduce=True is their mean, a zero network's loss
+    is the mean square of u = eps - x0 over the (re-paired) pairs, the OT pairing never costs more than the
+    pairs as given, and a network returning u exactly has zero loss."""
+    g = torch.Generator().manual_seed(seed)
+    x0, noise = torch.randn(B, *dims, generator=g, dtype=dtype), torch.randn(B, *dims, generator=g, dtype=dtype)
+    zero = lambda x, tt: torch.zeros_like(x)  # noqa: E731
+    per = cfm_loss(zero, x0, noise, coupling, t=t, generator=torch.Generator().manual_seed(1), reduce=False)
+    assert per.shape == (B,) and torch.isfinite(per).all()  # (dtype: dsm_loss returns float64 for float32 data)
+    mean = cfm_loss(zero, x0, noise, coupling, t=t, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(mean, per.mean())
+    independent = (noise - x0).pow(2).flatten(1).mean(1)  # |u|^2 / D per pair, as given
+    if coupling == "independent":
+        torch.testing.assert_close(per, independent.to(per.dtype), rtol=1e-5, atol=1e-6)
+        exact = lambda x, tt: noise - x0  # noqa: E731
+        assert cfm_loss(exact, x0, noise, t=t, generator=g).item() < 1e-10
+    else:  # a permutation of the data: optimal, hence never above the identity pairing
+        assert per.sum().item() <= independent.sum().item() * (1 + 1e-5) + 1e-6
+
+
 # -- integration -----------------------------------------------------------------------------
 def test_solve_ode_orders_on_a_linear_field():
     """dx/dt = A x with A a rotation plus contraction: x(1) = expm(A) x(0). Halving the step
@@ -362,6 +421,15 @@ def test_runs_on_cuda():
     torch.testing.assert_close(v.cpu(), oracle.velocity(x0.double(), 0.5))
     S_gpu, S_cpu = straightness(velocity_model(net_gpu), noise.to(dev), 4), straightness(velocity_model(net), noise, 4)
     assert math.isfinite(S_gpu) and S_gpu == pytest.approx(S_cpu, rel=1e-4, abs=1e-7)
-    res = reflow(velocity_model(net_gpu), noise.to(dev), 2, ode_steps=2, batch_size=16, generator=g, device=dev)
+    # reflow: the same generator seed draws the same batches and times on both devices (the generator lives on
+    # the CPU), so the pairs, the losses and the trained weights must agree up to float32 round-off
+    kw = dict(ode_steps=2, batch_size=16, ema_decay=0.5)
+    res = reflow(velocity_model(net_gpu), noise.to(dev), 3, generator=torch.Generator().manual_seed(1), device=dev, **kw)
+    ref = reflow(velocity_model(net), noise, 3, generator=torch.Generator().manual_seed(1), device="cpu", **kw)
     assert res.x0.device.type == "cuda" and next(res.model.parameters()).device.type == "cuda"
-    assert len(res.losses) == 2 and all(math.isfinite(v) for v in res.losses)
+    torch.testing.assert_close(res.x0.cpu(), ref.x0, rtol=1e-4, atol=1e-5)
+    assert len(res.losses) == 3 and res.losses == pytest.approx(ref.losses, rel=1e-4, abs=1e-6)
+    assert ref.losses[0] != ref.losses[1]  # the steps saw different batches: the comparison is not vacuous
+    for p_gpu, p_cpu in zip(res.ema_model.parameters(), ref.ema_model.parameters()):
+        torch.testing.assert_close(p_gpu.detach().cpu(), p_cpu.detach(), rtol=1e-4, atol=1e-5)
+    assert any(not torch.equal(p, q) for p, q in zip(ref.model.parameters(), net.parameters()))  # it trained

@@ -1,7 +1,9 @@
 """Optimal transport through POT against closed forms, invariants and independent implementations:
 exact W2 (sorted matching in 1-D, quantile formula with weights, brute-force plans), Sinkhorn
 (the textbook iteration, the entropic bound, the Gaussian Schrödinger coupling), sliced W2 (sorted
-projections, angle quadrature), Gaussian closed forms (POT's Bures-Wasserstein routines)."""
+projections, angle quadrature), Gaussian closed forms (POT's Bures-Wasserstein routines), the entropic
+value and the Sinkhorn divergence (Janati et al.'s closed form on fine grids, limits, debiasing), and the
+input checks (weights that are not probability vectors, matrices that are not covariances, bad reg)."""
 
 import math
 
@@ -11,8 +13,8 @@ import pytest
 import torch
 
 from diffusion_edu.transport import (
-    gaussian_map, gaussian_w2, ot_pairs, ot_plan, sinkhorn_plan, sinkhorn_w2, sliced_w2, sqrtm_psd, transport_cost,
-    w2,
+    entropic_ot, gaussian_entropic_ot, gaussian_map, gaussian_w2, ot_pairs, ot_plan, sinkhorn_divergence, sinkhorn_plan,
+    sinkhorn_w2, sliced_w2, sqrtm_psd, transport_cost, w2,
 )
 
 
@@ -61,7 +63,8 @@ def test_weighted_w2_in_one_dimension_matches_quantile_formula(gen):
     y = torch.rand(25, 1, generator=gen, dtype=torch.float64) * 3
     a = torch.rand(40, generator=gen, dtype=torch.float64)
     b = torch.rand(25, generator=gen, dtype=torch.float64)
-    expected = ot.wasserstein_1d(x[:, 0].numpy(), y[:, 0].numpy(), (a / a.sum()).numpy(), (b / b.sum()).numpy(), p=2)
+    a, b = a / a.sum(), b / b.sum()
+    expected = ot.wasserstein_1d(x[:, 0].numpy(), y[:, 0].numpy(), a.numpy(), b.numpy(), p=2)
     assert w2(x, y, a, b) ** 2 == pytest.approx(float(expected), rel=1e-9)
 
 
@@ -71,12 +74,13 @@ def test_plan_marginals_sum_to_the_weights(method, gen):
     y = torch.randn(20, 2, generator=gen) + 1
     a = torch.rand(30, generator=gen, dtype=torch.float64)
     b = torch.rand(20, generator=gen, dtype=torch.float64)
+    a, b = a / a.sum(), b / b.sum()
     P = ot_plan(x, y, method, reg=0.05, a=a, b=b)
     assert (P >= 0).all()
     # exact: the network simplex is exact up to float64 round-off; Sinkhorn's last update rescales
     # the rows (exact to round-off) and it stops when the column sums are within 1e-9 (L2)
-    assert np.allclose(P.sum(1), (a / a.sum()).numpy(), rtol=0, atol=1e-14)
-    assert np.allclose(P.sum(0), (b / b.sum()).numpy(), rtol=0, atol=1e-9)
+    assert np.allclose(P.sum(1), a.numpy(), rtol=0, atol=1e-14)
+    assert np.allclose(P.sum(0), b.numpy(), rtol=0, atol=1e-9)
     Pu = ot_plan(x, y, method, reg=0.05)  # uniform weights by default
     assert np.allclose(Pu.sum(1), 1 / 30, rtol=0, atol=1e-14) and np.allclose(Pu.sum(0), 1 / 20, rtol=0, atol=1e-9)
 
@@ -156,6 +160,7 @@ def test_sinkhorn_with_reg_two_s2_is_the_gaussian_schrodinger_coupling():
     ys = m + np.linspace(-7 * b_, 7 * b_, 400)[:, None]
     wa = np.exp(-xs[:, 0] ** 2 / (2 * a_**2))
     wb = np.exp(-(ys[:, 0] - m) ** 2 / (2 * b_**2))
+    wa, wb = wa / wa.sum(), wb / wb.sum()
     P = sinkhorn_plan(xs, ys, eps, wa, wb)
     mx, my = (P.sum(1) * xs[:, 0]).sum(), (P.sum(0) * ys[:, 0]).sum()
     c_plan = (P * (xs - mx) * (ys - my).T).sum()
@@ -226,9 +231,9 @@ def test_gaussian_map_pushes_forward_and_costs_w2(D, gen):
 
 def test_bad_input_of_the_new_functions(gen):
     x = torch.randn(5, 2, generator=gen)
-    with pytest.raises(ValueError, match="a must be 5 non-negative"):
+    with pytest.raises(ValueError, match="a must be a vector of 5 weights"):
         w2(x, x, a=[1.0, 2.0])
-    with pytest.raises(ValueError, match="reg must be > 0"):
+    with pytest.raises(ValueError, match="reg must be a finite number > 0"):
         sinkhorn_plan(x, x, 0.0)
     with pytest.raises(ValueError, match="method must be"):
         sinkhorn_plan(x, x, 1.0, method="greenkhorn")
@@ -257,3 +262,132 @@ def test_sqrtm_psd_squares_back_and_clips_round_off(gen):
     R = sqrtm_psd(P)
     assert torch.isfinite(R).all()
     torch.testing.assert_close(R @ R, P, rtol=1e-7, atol=1e-7)
+
+
+# -- input validation: what the equations assume --------------------------------------------
+def test_weights_must_be_probability_vectors(gen):
+    x, y = torch.randn(4, 2, generator=gen), torch.randn(3, 2, generator=gen)
+    with pytest.raises(ValueError, match="a must be a probability vector summing to 1"):
+        w2(x, y, a=[0.5, 0.5, 0.5, 0.5])  # mass 2 against mass 1: not a coupling problem
+    with pytest.raises(ValueError, match="b must be a probability vector: finite and non-negative"):
+        sinkhorn_plan(x, y, 1.0, b=[1.5, -0.25, -0.25])
+    with pytest.raises(ValueError, match="b must be a probability vector"):
+        ot_plan(x, y, b=[float("nan"), 0.5, 0.5])
+    with pytest.raises(ValueError, match="a must be a probability vector"):
+        sliced_w2(x, y, 10, a=torch.full((4,), 0.3))
+    # float32 round-off in the sum is accepted and removed
+    a32 = torch.full((4,), 0.25, dtype=torch.float32)
+    assert w2(x, y, a=a32) == pytest.approx(w2(x, y), rel=1e-12)
+
+
+@pytest.mark.parametrize("reg", [0.0, -1.0, float("inf"), float("nan"), True, "0.1"])
+def test_reg_must_be_a_positive_finite_number(reg, gen):
+    x = torch.randn(5, 2, generator=gen)
+    for fn in (sinkhorn_plan, entropic_ot, sinkhorn_divergence):
+        with pytest.raises(ValueError, match="reg must be a finite number > 0"):
+            fn(x, x, reg)
+    with pytest.raises(ValueError, match="reg must be a finite number > 0"):
+        gaussian_entropic_ot([0.0], [[1.0]], [0.0], [[1.0]], reg)
+
+
+def test_matrices_must_be_covariances():
+    with pytest.raises(ValueError, match="C must be symmetric"):
+        sqrtm_psd(torch.tensor([[1.0, 0.5], [0.0, 1.0]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="C must be positive semi-definite"):
+        sqrtm_psd(torch.tensor([[1.0, 0.0], [0.0, -0.5]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="C must be a square"):
+        sqrtm_psd(torch.ones(2, 3))
+    with pytest.raises(ValueError, match="C1 must be positive semi-definite"):
+        gaussian_w2([0.0, 0.0], torch.tensor([[1.0, 2.0], [2.0, 1.0]]), [0.0, 0.0], torch.eye(2))
+    with pytest.raises(ValueError, match="C2 must be positive semi-definite"):
+        gaussian_map([0.0], [[1.0]], [0.0], [[-1.0]])
+    with pytest.raises(ValueError, match="C1 must be positive definite"):
+        gaussian_entropic_ot([0.0, 0.0], torch.diag(torch.tensor([1.0, 0.0])), [0.0, 0.0], torch.eye(2), 1.0)
+    with pytest.raises(ValueError, match="m1 must be"):
+        gaussian_w2([0.0, 0.0, 0.0], torch.eye(2), [0.0, 0.0], torch.eye(2))
+
+
+def test_ot_pairs_checks_its_batches():
+    with pytest.raises(ValueError, match="x0 and x1 must be torch tensors"):
+        ot_pairs(np.zeros((3, 2)), np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="same shape"):
+        ot_pairs(torch.zeros(3, 2), torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="same shape"):
+        ot_pairs(torch.zeros(3), torch.zeros(3))
+    with pytest.raises(ValueError, match="x0 and x1 must be finite"):
+        ot_pairs(torch.zeros(3, 2), torch.full((3, 2), float("inf")))
+
+
+# -- entropic value, Sinkhorn divergence, Gaussian closed form -------------------------------
+def _grid_gaussians(a_, b_, m, n=400):
+    xs = np.linspace(-7 * a_, 7 * a_, n)[:, None]
+    ys = m + np.linspace(-7 * b_, 7 * b_, n)[:, None]
+    wa, wb = np.exp(-xs[:, 0] ** 2 / (2 * a_**2)), np.exp(-(ys[:, 0] - m) ** 2 / (2 * b_**2))
+    return xs, ys, wa / wa.sum(), wb / wb.sum()
+
+
+@pytest.mark.parametrize("eps", [0.2, 1.0, 4.0])
+def test_entropic_value_on_a_fine_grid_is_janati_closed_form(eps):
+    """Discretised Gaussians: the plan's cost and KL(P | a b^T) are Riemann sums of smooth
+    Gaussian integrands (spectrally accurate), so the discrete entropic value, plan cost and
+    cross-covariance match the continuous closed form of Janati et al. (2020); measured < 1e-9."""
+    a_, b_, m = 1.0, 0.5, 1.0
+    xs, ys, wa, wb = _grid_gaussians(a_, b_, m)
+    value, cost, cross = gaussian_entropic_ot([0.0], [[a_**2]], [m], [[b_**2]], eps)
+    assert cross.item() == pytest.approx((-eps + math.sqrt(eps**2 + 16 * a_**2 * b_**2)) / 4, abs=1e-12)
+    P = sinkhorn_plan(xs, ys, eps, wa, wb, tol=1e-12)
+    assert float((P * ot.dist(xs, ys)).sum()) == pytest.approx(cost, abs=1e-7)
+    assert entropic_ot(xs, ys, eps, wa, wb, tol=1e-12) == pytest.approx(value, abs=1e-7)
+
+
+def test_gaussian_entropic_ot_limits_and_commuting_case(gen):
+    D = 3
+    m1, m2 = torch.randn(D, generator=gen, dtype=torch.float64), torch.randn(D, generator=gen, dtype=torch.float64)
+    C1, C2 = _random_spd(D, gen), _random_spd(D, gen, 2.0)
+    w2sq = gaussian_w2(m1, C1, m2, C2) ** 2
+    value, cost, cross = gaussian_entropic_ot(m1, C1, m2, C2, 1e-6)
+    assert value == pytest.approx(w2sq, abs=1e-4) and cost == pytest.approx(w2sq, abs=1e-5)  # eps -> 0: OT
+    # the plan is a valid joint covariance, and its cost exceeds W2^2 for eps > 0
+    value, cost, cross = gaussian_entropic_ot(m1, C1, m2, C2, 0.5)
+    joint = torch.cat([torch.cat([C1, cross], 1), torch.cat([cross.T, C2], 1)])
+    assert torch.linalg.eigvalsh(joint).min() > 0 and cost > w2sq
+    # commuting (diagonal) covariances: D independent 1-D problems with the 1-D root
+    d1, d2 = torch.rand(D, generator=gen, dtype=torch.float64) + 0.2, torch.rand(D, generator=gen, dtype=torch.float64) + 0.2
+    _, _, cross = gaussian_entropic_ot(m1, torch.diag(d1), m2, torch.diag(d2), 0.7)
+    c1d = (-0.7 + torch.sqrt(0.49 + 16 * d1 * d2)) / 4
+    torch.testing.assert_close(cross, torch.diag(c1d), rtol=0, atol=1e-12)
+
+
+def test_sinkhorn_divergence_is_debiased(gen):
+    """Feydy et al. (2019): S_eps >= 0, = 0 iff equal measures, S_eps -> W2^2 as eps -> 0. The
+    entropic value itself is biased: OT_eps(x, x) > 0."""
+    x = torch.randn(60, 2, generator=gen, dtype=torch.float64)
+    y = 0.5 * torch.randn(50, 2, generator=gen, dtype=torch.float64) + torch.tensor([1.0, 0.0], dtype=torch.float64)
+    for eps in (0.05, 0.5, 5.0):
+        assert abs(sinkhorn_divergence(x, x, eps)) < 1e-9
+        assert entropic_ot(x, x, eps) > 1e-3 * eps
+        s = sinkhorn_divergence(x, y, eps)
+        assert s > 0 and s == pytest.approx(sinkhorn_divergence(y, x, eps), rel=1e-6)
+        assert s < entropic_ot(x, y, eps)
+    # Cuturi's objective <P, M> - eps H(P) differs from OT_eps by the constant eps (H(a) + H(b))
+    eps = 0.5
+    P = sinkhorn_plan(x, y, eps)
+    cuturi = float((P * ot.dist(x.numpy(), y.numpy())).sum() + eps * (P[P > 0] * np.log(P[P > 0])).sum())
+    assert entropic_ot(x, y, eps) == pytest.approx(cuturi + eps * (math.log(60) + math.log(50)), rel=1e-12)
+    # eps -> 0: measured S_eps / W2^2 - 1 = -1.2%, -0.7%, -0.3% at eps = 0.1, 0.05, 0.02 (gap O(eps))
+    assert sinkhorn_divergence(x, y, 0.02, max_iter=100_000) == pytest.approx(w2(x, y) ** 2, rel=0.01)
+
+
+def test_gaussian_sinkhorn_divergence_limits():
+    """Closed forms: S_eps -> W2^2 as eps -> 0 and -> |m1 - m2|^2 (the MMD with kernel -|x - y|^2,
+    Feydy et al., 2019) as eps -> infinity."""
+    m1, C1 = torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64)
+    m2, C2 = torch.tensor([0.5, 0.0], dtype=torch.float64), torch.tensor([[1.5, 0.4], [0.4, 0.5]], dtype=torch.float64)
+
+    def S(eps):
+        v = lambda ma, Ca, mb, Cb: gaussian_entropic_ot(ma, Ca, mb, Cb, eps)[0]
+        return v(m1, C1, m2, C2) - 0.5 * v(m1, C1, m1, C1) - 0.5 * v(m2, C2, m2, C2)
+
+    assert S(1e-4) == pytest.approx(gaussian_w2(m1, C1, m2, C2) ** 2, abs=1e-6)
+    assert S(1e6) == pytest.approx(0.25, abs=1e-4)
+    assert 0.25 < S(10.0) < gaussian_w2(m1, C1, m2, C2) ** 2

@@ -339,15 +339,7 @@ def gaussian_map(m1, C1, m2, C2) -> tuple[torch.Tensor, torch.Tensor]:
     (3.0, 2.0)
     """
     device = m1.device if torch.is_tensor(m1) else torch.device("cpu")
-    m1, C1 = _gaussian(m1, C1, "m1", "C1")
-    m2, C2 = _gaussian(m2, C2, "m2", "C2")
-    if m1.shape != m2.shape:
-        raise ValueError(f"the two Gaussians must have the same dimension, got {m1.shape[0]} and {m2.shape[0]}")
-    lam, U = torch.linalg.eigh(C1)
-    if not (lam > 0).all():
-        raise ValueError(f"C1 must be positive definite, got eigenvalues {lam.tolist()}")
-    r1 = (U * lam.sqrt()) @ U.T  # C1^{1/2}
-    r1_inv = (U / lam.sqrt()) @ U.T  # C1^{-1/2}
+    m1, C1, m2, C2, r1, r1_inv = _two_gaussians(m1, C1, m2, C2)
     A = r1_inv @ sqrtm_psd(r1 @ C2 @ r1) @ r1_inv
     A = 0.5 * (A + A.T)  # symmetric up to round-off; make it exactly so
     return A.to(device), (m2 - A @ m1).to(device)
@@ -383,16 +375,9 @@ def gaussian_entropic_ot(m1, C1, m2, C2, reg: float) -> tuple[float, float, torc
     0.780776
     """
     _check_reg(reg)
-    m1, C1 = _gaussian(m1, C1, "m1", "C1")
-    m2, C2 = _gaussian(m2, C2, "m2", "C2")
-    if m1.shape != m2.shape:
-        raise ValueError(f"the two Gaussians must have the same dimension, got {m1.shape[0]} and {m2.shape[0]}")
-    lam, U = torch.linalg.eigh(C1)
-    if not (lam > 0).all():
-        raise ValueError(f"C1 must be positive definite, got eigenvalues {lam.tolist()}")
+    m1, C1, m2, C2, r1, r1_inv = _two_gaussians(m1, C1, m2, C2)
     D, s2 = m1.shape[0], float(reg) / 2
     I = torch.eye(D, dtype=torch.float64)
-    r1, r1_inv = (U * lam.sqrt()) @ U.T, (U / lam.sqrt()) @ U.T  # C1^{1/2}, C1^{-1/2}
     D_s = sqrtm_psd(4 * r1 @ C2 @ r1 + s2**2 * I)
     cross = 0.5 * r1 @ D_s @ r1_inv - 0.5 * s2 * I
     mean_sq = (m1 - m2).pow(2).sum().item()
@@ -508,6 +493,19 @@ def _as_tensor(x, name) -> torch.Tensor:
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} must be finite, got NaN/inf entries")
     return x
+
+
+def _two_gaussians(m1, C1, m2, C2):
+    """Checked float64 ``m1, C1, m2, C2`` of one dimension, with ``C1^{1/2}`` and ``C1^{-1/2}``
+    (``C1`` must be positive definite)."""
+    m1, C1 = _gaussian(m1, C1, "m1", "C1")
+    m2, C2 = _gaussian(m2, C2, "m2", "C2")
+    if m1.shape != m2.shape:
+        raise ValueError(f"the two Gaussians must have the same dimension, got {m1.shape[0]} and {m2.shape[0]}")
+    lam, U = torch.linalg.eigh(C1)
+    if not (lam > 0).all():
+        raise ValueError(f"C1 must be positive definite, got eigenvalues {lam.tolist()}")
+    return m1, C1, m2, C2, (U * lam.sqrt()) @ U.T, (U / lam.sqrt()) @ U.T
 
 
 def _gaussian(m, C, mname, cname) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,7 +43,7 @@ from .parameterization import check_prediction, from_x0_eps
 from .schedules import DDPMSchedule, Schedule, check_alphas_cumprod
 from .utils import check_finite
 
-__all__ = ["dsm_loss", "loss_weight", "ddpm_loss", "drop_labels", "sample_times", "WEIGHTINGS"]
+__all__ = ["dsm_loss", "get_loss", "loss_weight", "ddpm_loss", "drop_labels", "sample_times", "WEIGHTINGS"]
 
 WEIGHTINGS = ("eps", "x0", "v", "score", "velocity", "likelihood")
 
@@ -149,6 +149,36 @@ def dsm_loss(
         ratio = loss_weight(weighting, schedule, t) / loss_weight(prediction, schedule, t)
         err = ratio.to(err) * err
     return err.mean() if reduce else err
+
+
+def get_loss(prediction: str = "eps", weighting: str | None = None):
+    """The training loss by name: ``loss(net, x0, schedule, **kw)`` is :func:`dsm_loss` with this
+    ``prediction`` and ``weighting`` fixed (the seed text's ``get_loss``, with the loss it should
+    have: a denoising regression, not a difference of log densities). The names are checked here,
+    not at the first training step.
+
+    Examples
+    --------
+    >>> from diffusion_edu import VPSDE
+    >>> loss = get_loss("v", weighting="likelihood")
+    >>> zero = lambda x, t: torch.zeros_like(x)
+    >>> x0, g = torch.zeros(8, 2), torch.Generator().manual_seed(0)
+    >>> bool(loss(zero, x0, VPSDE(), generator=g) >= 0), loss.prediction, loss.weighting
+    (True, 'v', 'likelihood')
+    """
+    check_prediction(prediction)
+    if weighting is not None and weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS} or None, got {weighting!r}")
+
+    def loss(net, x0: torch.Tensor, schedule: Schedule, **kwargs) -> torch.Tensor:
+        for name, value in (("prediction", prediction), ("weighting", weighting)):
+            if name in kwargs:
+                raise ValueError(f"{name} is fixed by get_loss ({name}={value!r}); got {name}={kwargs[name]!r} again")
+        return dsm_loss(net, x0, schedule, prediction=prediction, weighting=weighting, **kwargs)
+
+    loss.prediction, loss.weighting = prediction, weighting
+    loss.__name__ = f"dsm_loss[{prediction}, {weighting or prediction}]"
+    return loss
 
 
 def ddpm_loss(

@@ -137,3 +137,22 @@ def test_dsm_loss_keeps_the_precision_of_the_data():
     l64 = dsm_loss(net, x0.double(), VPSDE(), t=t, noise=noise.double())
     assert l32.dtype == torch.float32 and l64.dtype == torch.float64
     assert abs(float(l32) - float(l64)) <= 1e-5 * float(l64)
+
+
+def test_get_loss_is_dsm_loss_by_name():
+    from diffusion_edu.losses import get_loss
+
+    x0 = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    net = lambda x, t: 0.3 * x  # noqa: E731
+    t = torch.rand(16, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.9 + 0.05
+    noise = torch.randn(16, 3, generator=torch.Generator().manual_seed(2))
+    for prediction, weighting in (("eps", None), ("v", "likelihood"), ("x0", "eps")):
+        got = get_loss(prediction, weighting)(net, x0, VPSDE(), t=t, noise=noise)
+        want = dsm_loss(net, x0, VPSDE(), prediction=prediction, weighting=weighting, t=t, noise=noise)
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        get_loss("noise")
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        get_loss("eps", "snr")
+    with pytest.raises(ValueError, match="prediction is fixed by get_loss"):
+        get_loss("eps")(net, x0, VPSDE(), prediction="v")

@@ -28,6 +28,14 @@ Class conditioning (``num_classes=K``): labels ``0 .. K-1`` are the classes and 
 (:attr:`UNet.null_label`) is the *null class* of classifier-free guidance (Ho & Salimans, 2022):
 ``net(x, t)`` without labels means the null class, i.e. the unconditional model.
 
+Text conditioning (``context_dim=d``, the latent-diffusion UNet of Rombach et al., 2022): every
+attention level (and the middle block) also gets a :class:`CrossAttention` layer whose queries are
+the image positions and whose keys and values are the prompt's token vectors,
+``net(x, t, context=c, context_mask=m)`` with ``c`` of shape ``(B, tokens, d)`` and ``m`` a
+``(B, tokens)`` bool tensor (True = a real token). Padded tokens get exactly zero attention weight;
+a row without real tokens, and ``context=None``, is the *empty prompt*: the cross-attention adds
+only its output bias, the same for every such row.
+
 Time (the rule of :mod:`diffusion_edu.nets`): with the default ``t_scale = 1`` the network expects
 the DDPM training index ``n`` in ``0 .. N-1`` (the times of a
 :class:`~diffusion_edu.schedules.DDPMSchedule`); for a continuous time ``t in [0, 1]`` pass
@@ -44,7 +52,7 @@ from torch import nn
 
 from .embeddings import sinusoidal_embedding
 
-__all__ = ["UNet", "ResBlock", "SelfAttention", "Downsample", "Upsample", "TimeEmbedding",
+__all__ = ["UNet", "ResBlock", "SelfAttention", "CrossAttention", "Downsample", "Upsample", "TimeEmbedding",
            "group_norm"]
 
 
@@ -121,6 +129,45 @@ class SelfAttention(nn.Module):
         return x + self.proj(h)
 
 
+class CrossAttention(nn.Module):
+    r"""Multi-head cross-attention from the ``H * W`` positions of a feature map to the tokens of
+    a prompt, residual:
+
+    .. math::  h_p = \sum_j \operatorname{softmax}_j\Big(\frac{q_p \cdot k_j}{\sqrt{d_h}} + \log m_j\Big) v_j,
+               \qquad q = W_q\,\mathrm{GN}(x), \quad k = W_k c, \quad v = W_v c ,
+
+    with ``m_j in {0, 1}`` the token mask (a padded token has weight exactly 0). A row with no
+    real token (the empty prompt) gets ``h = 0``; the output ``x + W_o h`` then adds only
+    ``W_o``'s bias. ``W_o`` starts at zero, so the layer starts as the identity.
+    """
+
+    def __init__(self, channels: int, context_dim: int, head_channels: int = 32):
+        super().__init__()
+        self.heads = max(1, channels // head_channels)
+        if channels % self.heads:
+            raise ValueError(f"channels ({channels}) must be divisible by the number of heads ({self.heads})")
+        self.norm = group_norm(channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.proj = _zero(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+        B, C, H, W = x.shape
+        if context is None:  # the empty prompt for the whole batch
+            return x + self.proj(torch.zeros_like(x))
+        nh, dh = self.heads, C // self.heads
+        q = self.q(self.norm(x)).reshape(B, nh, dh, H * W).transpose(-1, -2).contiguous()  # (B, nh, HW, dh)
+        k, v = self.kv(context).reshape(B, -1, 2, nh, dh).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, nh, L, dh)
+        has_token = mask.any(1)  # (B,)
+        # rows without a real token attend to everything (finite, then zeroed), so no NaN reaches
+        # the gradients
+        attend = (mask | ~has_token[:, None])[:, None, None, :]  # (B, 1, 1, L)
+        h = F.scaled_dot_product_attention(q, k.contiguous(), v.contiguous(), attn_mask=attend)  # (B, nh, HW, dh)
+        h = h * has_token[:, None, None, None].to(h.dtype)
+        h = h.transpose(-1, -2).reshape(B, C, H, W)  # (B, C, H, W)
+        return x + self.proj(h)
+
+
 class Downsample(nn.Module):
     """``(B, C, H, W) -> (B, C, H/2, W/2)`` by a 3x3 convolution with stride 2."""
 
@@ -161,6 +208,8 @@ class UNet(nn.Module):
     head_channels : channels per attention head
     t_scale : the time is embedded as ``t_scale * t`` (1 for DDPM step indices, 1000 for
         ``t in [0, 1]``)
+    context_dim : ``None``, or the size of the prompt's token vectors: adds a
+        :class:`CrossAttention` layer after every self-attention layer
 
     Examples
     --------
@@ -175,6 +224,7 @@ class UNet(nn.Module):
         channel_mults: tuple[int, ...] = (1, 2, 2), num_res_blocks: int = 2,
         attention_resolutions: tuple[int, ...] = (2,), dropout: float = 0.0,
         num_classes: int | None = None, *, head_channels: int = 32, t_scale: float = 1.0,
+        context_dim: int | None = None,
     ):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -195,12 +245,17 @@ class UNet(nn.Module):
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
             raise ValueError(f"num_classes must be None or a positive int, got {num_classes!r}")
+        if context_dim is not None and (not isinstance(context_dim, int) or context_dim < 1):
+            raise ValueError(f"context_dim must be None or a positive int, got {context_dim!r}")
+        self.context_dim = context_dim
         self.config = dict(
             in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
             channel_mults=list(channel_mults), num_res_blocks=num_res_blocks,
             attention_resolutions=list(attention_resolutions), dropout=dropout,
             num_classes=num_classes, head_channels=head_channels, t_scale=t_scale,
         )
+        if context_dim is not None:  # only when used, so older configs stay valid
+            self.config["context_dim"] = context_dim
         self.in_channels, self.out_channels, self.num_classes = in_channels, out_channels, num_classes
         self.levels = len(channel_mults)
         emb_dim = 4 * base_channels
@@ -213,6 +268,8 @@ class UNet(nn.Module):
             layers = nn.ModuleList([ResBlock(cin, cout, emb_dim, dropout)])
             if ds in attention_resolutions:
                 layers.append(SelfAttention(cout, head_channels))
+                if context_dim is not None:
+                    layers.append(CrossAttention(cout, context_dim, head_channels))
             return layers
 
         # Encoder: remember the channels of every stored activation for the skips.
@@ -231,6 +288,7 @@ class UNet(nn.Module):
 
         self.middle = nn.ModuleList([
             ResBlock(ch, ch, emb_dim, dropout), SelfAttention(ch, head_channels),
+            *([CrossAttention(ch, context_dim, head_channels)] if context_dim is not None else []),
             ResBlock(ch, ch, emb_dim, dropout),
         ])
 
@@ -252,7 +310,8 @@ class UNet(nn.Module):
         """The label of the null class (``num_classes``); ``None`` for an unconditional net."""
         return self.num_classes
 
-    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None, *,
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         div = 2 ** (self.levels - 1)
@@ -277,21 +336,44 @@ class UNet(nn.Module):
             emb = emb + self.class_embed(y)  # (B, 4 base)
         elif y is not None:
             raise ValueError("y was given but this UNet is unconditional (num_classes=None)")
+        ctx = self._check_context(context, context_mask, B)
 
         h = self.input_conv(x)  # (B, base, H, W)
         skips = [h]
         for layers in self.down:
-            h = _run(layers, h, emb)  # (B, C_level, H / ds, W / ds)
+            h = _run(layers, h, emb, ctx)  # (B, C_level, H / ds, W / ds)
             skips.append(h)
-        h = _run(self.middle, h, emb)  # (B, C_last, H / 2^(L-1), W / 2^(L-1))
+        h = _run(self.middle, h, emb, ctx)  # (B, C_last, H / 2^(L-1), W / 2^(L-1))
         for layers in self.up:
             h = torch.cat([h, skips.pop()], dim=1)  # (B, C + C_skip, H / ds, W / ds)
-            h = _run(layers, h, emb)
+            h = _run(layers, h, emb, ctx)
         return self.out(h)  # (B, out_channels, H, W)
 
+    def _check_context(self, context, mask, B):
+        """``(context, mask)`` checked, the mask all True when omitted; ``(None, None)`` without."""
+        if context is None:
+            if mask is not None:
+                raise ValueError("context_mask was given without context")
+            return None, None
+        if self.context_dim is None:
+            raise ValueError("context was given but this UNet has no cross-attention (context_dim=None)")
+        if context.ndim != 3 or context.shape[0] != B or context.shape[2] != self.context_dim:
+            raise ValueError(f"context must have shape ({B}, tokens, {self.context_dim}), got {tuple(context.shape)}")
+        if mask is None:
+            mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
+        elif mask.shape != context.shape[:2] or mask.dtype != torch.bool:
+            raise ValueError(f"context_mask must be a {tuple(context.shape[:2])} bool tensor (True = a real token), "
+                             f"got {mask.dtype} {tuple(mask.shape)}")
+        return context, mask
 
-def _run(layers: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    """Apply a list of layers; residual blocks also receive the embedding."""
+
+def _run(layers: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor, ctx=(None, None)) -> torch.Tensor:
+    """Apply a list of layers; residual blocks also receive the embedding, cross-attention the prompt."""
     for layer in layers:
-        h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+        if isinstance(layer, ResBlock):
+            h = layer(h, emb)
+        elif isinstance(layer, CrossAttention):
+            h = layer(h, *ctx)
+        else:
+            h = layer(h)
     return h

@@ -33,9 +33,12 @@ import torch
 from torch import nn
 from tqdm import tqdm  # plain text bar: no widget dependency in notebooks or on the website
 
+from .autoencoder import Autoencoder
 from .nets.classifier import Classifier
+from .nets.dit import DiT
 from .nets.mlp import TimeMLP
 from .nets.unet import UNet
+from .text import TextEncoder
 from .vae import VAE
 from .utils import check_finite
 
@@ -43,6 +46,7 @@ __all__ = ["EMA", "TrainResult", "train", "save_model", "load_model", "MODEL_CLA
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "TimeMLP": TimeMLP, "VAE": VAE, "UNet": UNet, "Classifier": Classifier,
+    "Autoencoder": Autoencoder, "DiT": DiT, "TextEncoder": TextEncoder,
 }
 
 

@@ -14,8 +14,9 @@ saved ``config`` (:func:`diffusion_edu.training.save_model`).
 """
 
 from .classifier import Classifier
+from .dit import DiT
 from .embeddings import sinusoidal_embedding
 from .mlp import TimeMLP
 from .unet import UNet
 
-__all__ = ["TimeMLP", "UNet", "Classifier", "sinusoidal_embedding"]
+__all__ = ["TimeMLP", "UNet", "DiT", "Classifier", "sinusoidal_embedding"]

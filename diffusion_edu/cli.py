@@ -1,4 +1,4 @@
-r"""The command line: ``python -m diffusion_edu {train, sample, bench}``.
+r"""The command line: ``python -m diffusion_edu {train, sample, bench, train-latent, generate}``.
 
 Train a DDPM (Ho et al., 2020) image model with the library's :class:`~diffusion_edu.nets.unet.UNet`,
 :func:`~diffusion_edu.losses.ddpm_loss` and :func:`~diffusion_edu.training.train`::
@@ -7,6 +7,13 @@ Train a DDPM (Ho et al., 2020) image model with the library's :class:`~diffusion
     python -m diffusion_edu train --out runs/digits --steps 6000 --resume   # continue exactly
     python -m diffusion_edu sample --checkpoint runs/digits/model.pt --sampler dpm_solver --steps 10 --out grid.png
     python -m diffusion_edu bench --config digits --device cpu
+
+A small Stable Diffusion on the digits with captions (English and Chinese) measured from the images
+(:func:`~diffusion_edu.pipelines.train_latent`: the autoencoder, then the text-conditioned latent
+UNet or DiT), and text-to-image from it::
+
+    python -m diffusion_edu train-latent --steps 4000 --out runs/latent
+    python -m diffusion_edu generate --pipeline runs/latent --prompt "a thick seven" --guidance 4 --seed 0 --out grid.png
 
 The same training runs on several GPUs (or CPU processes) with PyTorch DDP::
 
@@ -35,6 +42,7 @@ from .guidance import cfg
 from .losses import ddpm_loss
 from .nets.unet import UNet
 from .parameterization import PREDICTIONS
+from .pipelines import SAMPLERS as PIPELINE_SAMPLERS
 from .plot import save_images
 from .schedules import SPACINGS, DDPMSchedule, alphas_cumprod, ddpm_betas, time_grid
 from .training import load_model, save_model, train
@@ -138,6 +146,40 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("--repeats", type=int, default=1, help="independent runs (fresh models); medians reported")
     b.add_argument("--json", default=None, help="also write the rows of every run to this JSON file")
+    tl = sub.add_parser("train-latent", help="train a text-to-image latent diffusion pipeline on captioned digits")
+    tl.add_argument("--steps", type=int, required=True, help="denoiser steps (a resumed run continues to this)")
+    tl.add_argument("--autoencoder-steps", type=int, default=None, help="autoencoder steps (default: steps / 2)")
+    tl.add_argument("--out", required=True, help="pipeline directory (its training state too)")
+    tl.add_argument("--net", default="unet", choices=("unet", "dit"))
+    tl.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")
+    tl.add_argument("--batch-size", type=int, default=64)
+    tl.add_argument("--lr", type=float, default=5e-4)
+    tl.add_argument("--base-channels", type=int, default=64)
+    tl.add_argument("--autoencoder-channels", type=int, default=32)
+    tl.add_argument("--text-dim", type=int, default=64)
+    tl.add_argument("--schedule", default="cosine", choices=("linear", "cosine"))
+    tl.add_argument("--timesteps", type=int, default=1000)
+    tl.add_argument("--prediction", default="eps", choices=PREDICTIONS)
+    tl.add_argument("--prompt-dropout", type=float, default=0.1, help="P(caption -> empty prompt), for guidance")
+    tl.add_argument("--ema-decay", type=float, default=0.999)
+    tl.add_argument("--checkpoint-every", type=int, default=500)
+    tl.add_argument("--seed", type=int, default=0)
+    tl.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    tl.add_argument("--no-progress", action="store_true")
+
+    gn = sub.add_parser("generate", help="text to image with a pipeline written by train-latent")
+    gn.add_argument("--pipeline", required=True, help="pipeline directory")
+    gn.add_argument("--prompt", required=True, action="append", help="a prompt (repeat for several)")
+    gn.add_argument("--negative-prompt", default=None)
+    gn.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance weight w (1: none)")
+    gn.add_argument("--steps", type=int, default=20)
+    gn.add_argument("--sampler", default="dpm_solver", choices=tuple(PIPELINE_SAMPLERS))
+    gn.add_argument("--num-samples", type=int, default=8, help="images per prompt")
+    gn.add_argument("--nrow", type=int, default=8)
+    gn.add_argument("--seed", type=int, default=0)
+    gn.add_argument("--device", default=None)
+    gn.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    gn.add_argument("--out", required=True, help="PNG file")
     return p
 
 
@@ -145,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    return {"train": _train, "sample": _sample, "bench": _bench}[args.command](args)
+    return {"train": _train, "sample": _sample, "bench": _bench, "train-latent": _train_latent,
+            "generate": _generate}[args.command](args)
 
 
 # -- train ---------------------------------------------------------------------------------
@@ -343,4 +386,59 @@ def _bench(args) -> int:
         print(line)
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=2, default=str))
+    return 0
+
+
+# -- train-latent and generate -------------------------------------------------------------------
+def _train_latent(args) -> int:
+    from .data import load_digits
+    from .pipelines import train_latent
+    from .text import caption_digits
+
+    out = Path(args.out)
+    x, y = load_digits(32, "train")  # 32 x 32 digits: 8 x 8 latents at factor 4
+    g = torch.Generator().manual_seed(args.seed)
+    # every image twice, once captioned in English and once in Chinese (words kept at random)
+    images = torch.cat([x, x])
+    captions = caption_digits(x, y, "en", g) + caption_digits(x, y, "zh", g)
+    if args.steps < 1:
+        raise SystemExit(f"--steps must be >= 1, got {args.steps}")
+    ae_steps = args.autoencoder_steps if args.autoencoder_steps is not None else max(1, args.steps // 2)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps({k: v for k, v in vars(args).items() if k != "command"}, indent=2))
+    device = _device(args.device)
+    print(f"{len(images)} captioned images (e.g. {captions[0]!r}, {captions[len(x)]!r}); device {device}",
+          file=sys.stderr)
+    try:
+        train_latent(images, captions, out, steps=args.steps, autoencoder_steps=ae_steps, net=args.net,
+                     base_channels=args.base_channels, autoencoder_channels=args.autoencoder_channels,
+                     text_dim=args.text_dim, timesteps=args.timesteps, schedule=args.schedule,
+                     prediction=args.prediction, batch_size=args.batch_size, lr=args.lr,
+                     prompt_dropout=args.prompt_dropout, ema_decay=args.ema_decay, seed=args.seed, device=device,
+                     checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: run the same command again to continue ({out})", file=sys.stderr)
+        return 130
+    print(f"wrote the pipeline to {out}", file=sys.stderr)
+    return 0
+
+
+def _generate(args) -> int:
+    from .pipelines import StableDiffusion
+
+    try:
+        pipe = StableDiffusion.from_pretrained(args.pipeline)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"--pipeline: {e}") from None
+    pipe.to(_device(args.device))
+    try:
+        images = pipe(args.prompt, steps=args.steps, guidance=args.guidance, sampler=args.sampler,
+                      negative_prompt=args.negative_prompt, num_images_per_prompt=args.num_samples,
+                      generator=torch.Generator().manual_seed(args.seed))
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    save_images(images, args.out, nrow=args.nrow)
+    print(f"wrote {len(images)} images ({len(args.prompt)} prompt(s), guidance {args.guidance}, "
+          f"{args.sampler}, {args.steps} steps) to {args.out}", file=sys.stderr)
     return 0

@@ -43,7 +43,7 @@ from .schedules import DDPMSchedule, Schedule, check_alphas_cumprod, time_grid
 from .sde import VESDE, VPSDE, SubVPSDE
 from .training import _atomic_save, _load, load_model, save_model
 
-__all__ = ["StableDiffusion", "SAMPLERS"]
+__all__ = ["StableDiffusion", "SAMPLERS", "TextConditioned", "text_conditioned_loss", "train_latent"]
 
 #: sampler name -> function of the one sampler signature ``(denoiser, x, ts, *, generator)``
 SAMPLERS = {
@@ -186,6 +186,112 @@ class StableDiffusion:
         parts = {name: load_model(d / f"{name}.pt", map_location) for name in ("autoencoder", "text_encoder", "net")}
         return cls(parts["autoencoder"], parts["net"], parts["text_encoder"], schedule,
                    prediction=meta["prediction"], image_size=int(meta["image_size"]))
+
+
+# -- training ---------------------------------------------------------------------------------
+class TextConditioned(nn.Module):
+    """The latent denoiser and the text encoder as one module, so that they train jointly (as
+    Rombach et al., 2022, train their text transformer with the denoiser) under one optimiser and
+    one EMA: ``model(x, t, ids, mask)`` encodes the token ids and calls the denoiser."""
+
+    def __init__(self, net: nn.Module, text_encoder: nn.Module):
+        super().__init__()
+        self.net, self.text_encoder = net, text_encoder
+
+    def forward(self, x: torch.Tensor, t, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.net(x, t, context=self.text_encoder(ids, mask), context_mask=mask)
+
+
+def text_conditioned_loss(model: TextConditioned, z0: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                          schedule: Schedule, *, prediction: str = "eps", prompt_dropout: float = 0.1,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""Denoising loss of a text-conditioned latent model,
+    ``E || net(x_t, t, enc(prompt)) - target ||^2`` with ``x_t = alpha_t z0 + sigma_t eps`` and
+    ``target`` the ``prediction``'s own (:func:`~diffusion_edu.losses.dsm_loss`); each prompt is
+    replaced by the empty prompt (its mask set to all False) with probability ``prompt_dropout``,
+    which trains the unconditional model of classifier-free guidance at the same time."""
+    from .losses import dsm_loss
+
+    if not 0 <= prompt_dropout < 1:
+        raise ValueError(f"prompt_dropout must lie in [0, 1), got {prompt_dropout!r}")
+    if ids.shape != mask.shape or ids.shape[0] != z0.shape[0]:
+        raise ValueError(f"ids and mask must both be ({z0.shape[0]}, tokens), got {tuple(ids.shape)} and "
+                         f"{tuple(mask.shape)}")
+    if prompt_dropout:
+        keep = torch.rand(mask.shape[0], generator=generator) >= prompt_dropout  # (B,)
+        mask = mask & keep.to(mask.device)[:, None]
+    net = lambda x, t: model(x, t, ids, mask)  # noqa: E731
+    return dsm_loss(net, z0, schedule, prediction=prediction, generator=generator)
+
+
+def train_latent(
+    images: torch.Tensor, captions: list[str], out: str | os.PathLike, *, steps: int, autoencoder_steps: int,
+    net: str = "unet", base_channels: int = 64, latent_channels: int = 4, factor: int = 4,
+    autoencoder_channels: int = 32, text_dim: int = 64, timesteps: int = 1000, schedule: str = "cosine",
+    prediction: str = "eps", batch_size: int = 64, lr: float = 5e-4, kl_weight: float = 1e-4,
+    prompt_dropout: float = 0.1, ema_decay: float = 0.999, seed: int = 0, device=None,
+    checkpoint_every: int = 500, progress: bool = True,
+) -> StableDiffusion:
+    """The whole recipe of latent diffusion, resumable: train the autoencoder on ``images``
+    (``autoencoder_steps``), fit its latent scale, encode the images once, then train the denoiser
+    (``net``: ``"unet"`` or ``"dit"``) jointly with a text encoder on the scaled latents and the
+    ``captions`` (``steps``), and write the pipeline to ``out`` (:meth:`StableDiffusion.save_pretrained`).
+
+    Each stage keeps its own training state in ``out`` (``autoencoder_state.pt``,
+    ``denoiser_state.pt``), written every ``checkpoint_every`` steps and on Ctrl-C; calling again with
+    the same arguments continues where it stopped (a finished stage is not repeated)."""
+    from .autoencoder import Autoencoder
+    from .nets.dit import DiT
+    from .nets.unet import UNet
+    from .schedules import alphas_cumprod, ddpm_betas
+    from .text import TextEncoder, Tokenizer
+    from .training import train
+
+    if not torch.is_tensor(images) or images.ndim != 4 or images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"images must be a (N, C, S, S) tensor, got {getattr(images, 'shape', type(images))}")
+    if len(captions) != len(images) or not all(isinstance(c, str) for c in captions):
+        raise ValueError(f"captions must be {len(images)} strings, one per image, got {len(captions)}")
+    if net not in ("unet", "dit"):
+        raise ValueError(f"net must be 'unet' or 'dit', got {net!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    size = images.shape[-1]
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+
+    # 1. the autoencoder
+    ae = Autoencoder(images.shape[1], latent_channels, factor, autoencoder_channels, num_res_blocks=1)
+    ae_result = train(ae, lambda m, x, gen: m.loss(x, kl_weight, gen).total, images, autoencoder_steps,
+                      batch_size=batch_size, lr=lr, ema_decay=ema_decay, generator=g, device=device,
+                      checkpoint=out / "autoencoder_state.pt", checkpoint_every=checkpoint_every, progress=progress)
+    ae = ae_result.ema_model.eval()
+    ae.fit_scale(images)
+    with torch.no_grad():
+        dev = next(ae.parameters()).device
+        latents = torch.cat([ae.encode_scaled(images[i:i + 256].to(dev)).cpu() for i in range(0, len(images), 256)])
+
+    # 2. the text encoder and the denoiser, jointly
+    vocab = Tokenizer.from_texts(captions).vocab
+    text = TextEncoder(vocab, dim=text_dim, depth=2, heads=4, max_length=16)
+    ids, mask = text.tokenizer(captions, max_length=16)
+    c, s = latent_channels, size // factor
+    if net == "unet":
+        denoiser = UNet(c, c, base_channels, (1, 2), 1, attention_resolutions=(1, 2), context_dim=text_dim)
+    else:
+        denoiser = DiT(c, c, input_size=s, patch_size=2, dim=2 * base_channels, depth=4, heads=4,
+                       context_dim=text_dim)
+    sched = DDPMSchedule(alphas_cumprod(ddpm_betas(timesteps, schedule)))
+    model = TextConditioned(denoiser, text)
+    result = train(model, lambda m, batch, gen: text_conditioned_loss(m, *batch, sched, prediction=prediction,
+                                                                       prompt_dropout=prompt_dropout, generator=gen),
+                   (latents, ids, mask), steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, generator=g,
+                   device=device, checkpoint=out / "denoiser_state.pt", checkpoint_every=checkpoint_every,
+                   progress=progress)
+    ema = result.ema_model.eval()
+    pipe = StableDiffusion(ae, ema.net, ema.text_encoder, sched, prediction=prediction, image_size=size)
+    pipe.save_pretrained(out)
+    (out / "losses.txt").write_text("".join(f"{v:.6g}\n" for v in result.losses))
+    return pipe
 
 
 # -- helpers ----------------------------------------------------------------------------------

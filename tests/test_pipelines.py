@@ -124,3 +124,30 @@ def test_bad_input():
         pipe(PROMPTS, negative_prompt=["a", "b"], steps=2)
     with pytest.raises(ValueError, match="image_size must be a positive multiple"):
         StableDiffusion(pipe.autoencoder, pipe.net, pipe.text_encoder, pipe.schedule, image_size=18)
+
+
+def test_text_conditioned_loss():
+    """With no dropout it is dsm_loss of net(x, t, enc(prompt)); with dropout 1 - tiny every mask
+    is cleared (the empty prompt); a bad dropout is refused."""
+    from diffusion_edu.losses import dsm_loss
+    from diffusion_edu.pipelines import TextConditioned, text_conditioned_loss
+
+    pipe = _pipe()
+    model = TextConditioned(pipe.net, pipe.text_encoder)
+    ids, mask = pipe.text_encoder.tokenizer(PROMPTS)
+    z0 = torch.randn(3, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    got = text_conditioned_loss(model, z0, ids, mask, pipe.schedule, prompt_dropout=0.0,
+                                generator=torch.Generator().manual_seed(1))
+    want = dsm_loss(lambda x, t: pipe.net(x, t, context=pipe.text_encoder(ids, mask), context_mask=mask), z0,
+                    pipe.schedule, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    empty = torch.zeros_like(mask)
+    all_dropped = text_conditioned_loss(model, z0, ids, mask, pipe.schedule, prompt_dropout=0.999999,
+                                        generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    torch.rand(3, generator=g)  # the dropout draw comes first
+    want_empty = dsm_loss(lambda x, t: pipe.net(x, t, context=pipe.text_encoder(ids, empty), context_mask=empty),
+                          z0, pipe.schedule, generator=g)
+    torch.testing.assert_close(all_dropped, want_empty, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="prompt_dropout must lie in"):
+        text_conditioned_loss(model, z0, ids, mask, pipe.schedule, prompt_dropout=1.0)

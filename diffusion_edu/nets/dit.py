@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .embeddings import batch_times, class_labels
 from .unet import TimeEmbedding
 
 __all__ = ["DiT", "DiTBlock", "CrossAttention", "sincos_position_embedding_2d"]
@@ -250,22 +251,10 @@ class DiT(nn.Module):
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must have shape (B, {self.in_channels}, {S}, {S}) (input_size={S}), got {got}")
         B = x.shape[0]
-        t = torch.as_tensor(t, device=x.device)
-        t = t.expand(B) if t.ndim == 0 else t
-        if t.shape != (B,):
-            raise ValueError(f"t must be a float or have shape ({B},), got {tuple(t.shape)}")
+        t = batch_times(t, B, x.device)
         c = self.time_embed(t).to(x.dtype)  # (B, dim)
         if self.class_embed is not None:
-            if y is None:
-                y = torch.full((B,), self.null_label, dtype=torch.long, device=x.device)
-            elif not isinstance(y, torch.Tensor) or y.shape != (B,) or y.dtype != torch.long or (
-                not torch.compiler.is_compiling() and (y.min() < 0 or y.max() > self.null_label)
-            ):
-                raise ValueError(
-                    f"y must be a ({B},) long tensor of labels in 0..{self.null_label} "
-                    f"({self.null_label} = null class), got {getattr(y, 'dtype', type(y).__name__)} "
-                    f"{tuple(getattr(y, 'shape', ()))}"
-                )
+            y = class_labels(y, B, self.null_label, x.device)
             c = c + self.class_embed(y)  # (B, dim)
         elif y is not None:
             raise ValueError("y was given but this DiT has no class conditioning (num_classes=None)")

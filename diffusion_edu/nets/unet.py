@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embeddings import sinusoidal_embedding
+from .embeddings import batch_times, class_labels, sinusoidal_embedding
 
 __all__ = ["UNet", "ResBlock", "SelfAttention", "CrossAttention", "Downsample", "Upsample", "TimeEmbedding",
            "group_norm"]
@@ -318,21 +318,10 @@ class UNet(nn.Module):
         if x.shape[-1] % div or x.shape[-2] % div:
             raise ValueError(f"x's height and width must be divisible by {div}, got {tuple(x.shape[-2:])}")
         B = x.shape[0]
-        t = torch.as_tensor(t, device=x.device)
-        t = t.expand(B) if t.ndim == 0 else t
-        if t.shape != (B,):
-            raise ValueError(f"t must be a float or have shape ({B},), got {tuple(t.shape)}")
+        t = batch_times(t, B, x.device)
         emb = self.time_embed(t)  # (B, 4 base)
         if self.class_embed is not None:
-            if y is None:
-                y = torch.full((B,), self.null_label, dtype=torch.long, device=x.device)
-            elif y.shape != (B,) or y.dtype != torch.long or (
-                not torch.compiler.is_compiling() and (y.min() < 0 or y.max() > self.null_label)
-            ):
-                raise ValueError(
-                    f"y must be a ({B},) long tensor of labels in 0..{self.null_label} "
-                    f"({self.null_label} = null class), got {y.dtype} {tuple(y.shape)}"
-                )
+            y = class_labels(y, B, self.null_label, x.device)
             emb = emb + self.class_embed(y)  # (B, 4 base)
         elif y is not None:
             raise ValueError("y was given but this UNet is unconditional (num_classes=None)")

@@ -37,6 +37,7 @@ from .autoencoder import Autoencoder
 from .nets.classifier import Classifier
 from .nets.dit import DiT
 from .nets.mlp import TimeMLP
+from .nets.transformer import Transformer
 from .nets.unet import UNet
 from .text import TextEncoder
 from .vae import VAE
@@ -46,7 +47,7 @@ __all__ = ["EMA", "TrainResult", "train", "save_model", "load_model", "MODEL_CLA
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "TimeMLP": TimeMLP, "VAE": VAE, "UNet": UNet, "Classifier": Classifier,
-    "Autoencoder": Autoencoder, "DiT": DiT, "TextEncoder": TextEncoder,
+    "Autoencoder": Autoencoder, "DiT": DiT, "TextEncoder": TextEncoder, "Transformer": Transformer,
 }
 
 

@@ -17,6 +17,7 @@ from .classifier import Classifier
 from .dit import DiT
 from .embeddings import sinusoidal_embedding
 from .mlp import TimeMLP
+from .transformer import Transformer, ar_log_prob, ar_sample
 from .unet import UNet
 
-__all__ = ["TimeMLP", "UNet", "DiT", "Classifier", "sinusoidal_embedding"]
+__all__ = ["TimeMLP", "UNet", "DiT", "Transformer", "ar_log_prob", "ar_sample", "Classifier", "sinusoidal_embedding"]

@@ -96,9 +96,8 @@ class StableDiffusion:
         """The guided latent Denoiser for a list of prompts (one latent per prompt)."""
         prompts = _as_prompts(prompts, "prompt")
         context, mask = self.text_encoder.encode(prompts)
-        cond = Denoiser(self.net, self.schedule, self.prediction, context=context, context_mask=mask)
         if guidance == 1:
-            return cond
+            return Denoiser(self.net, self.schedule, self.prediction, context=context, context_mask=mask)
         negatives = [""] * len(prompts) if negative_prompt is None else _as_prompts(negative_prompt, "negative_prompt")
         if len(negatives) == 1 and len(prompts) > 1:
             negatives = negatives * len(prompts)

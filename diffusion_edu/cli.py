@@ -28,6 +28,7 @@ the diffusion settings, read by ``sample``), ``losses.txt`` and ``samples.png``.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -245,7 +246,7 @@ def _train(args) -> int:
     except KeyboardInterrupt:
         if rank == 0:
             print(f"\ninterrupted: continue with the same command and --resume ({state_path})", file=sys.stderr)
-        _finish_distributed()
+        _finish_distributed(sync=False)
         return 130
     if rank == 0:
         ema = result.ema_model.to(memory_format=torch.contiguous_format)
@@ -309,8 +310,14 @@ def _device(arg: str | None) -> torch.device:
     return device
 
 
-def _finish_distributed():
+def _finish_distributed(sync: bool = True):
+    """Leave the process group. ``sync``: wait for every rank first (rank 0 may still be writing
+    files), so that no rank tears down its gloo threads while a peer still talks to it; an
+    interrupted run skips the wait, since a peer may be gone."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gc.collect()  # drop DDP reducers before their process group
+        if sync:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 

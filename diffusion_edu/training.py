@@ -19,6 +19,7 @@ warns once that nothing is logged.
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import numbers
 import os
@@ -249,6 +250,9 @@ def train(
         if writer is not None:
             writer.close()
     save_state(step, generator.get_state())
+    if ddp:  # free the DDP reducer (and its gloo/NCCL work) now, not at interpreter exit
+        del net
+        gc.collect()
     model.eval()
     return result
 

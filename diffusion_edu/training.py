@@ -40,6 +40,8 @@ from .nets.dit import DiT
 from .nets.mlp import TimeMLP
 from .nets.transformer import Transformer
 from .nets.unet import UNet
+from .nets.video_unet import VideoUNet
+from .nets.wavenet import DiffWave
 from .text import TextEncoder
 from .vae import VAE
 from .utils import check_finite
@@ -49,6 +51,7 @@ __all__ = ["EMA", "TrainResult", "train", "save_model", "load_model", "MODEL_CLA
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "TimeMLP": TimeMLP, "VAE": VAE, "UNet": UNet, "Classifier": Classifier,
     "Autoencoder": Autoencoder, "DiT": DiT, "TextEncoder": TextEncoder, "Transformer": Transformer,
+    "DiffWave": DiffWave, "VideoUNet": VideoUNet,
 }
 
 

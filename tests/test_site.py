@@ -109,6 +109,9 @@ def test_page_in_browser(server, browser, page):
     broken = pg.evaluate(
         "Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)")
     problems += [f"image did not load: {src}" for src in broken]
+    for m in pg.evaluate(_MEDIA_JS):  # every <audio> / <video> decodes and has a duration
+        if m["error"] is not None or not (m["duration"] and m["duration"] > 0 and m["duration"] != float("inf")):
+            problems.append(f"{m['tag']} did not load (error {m['error']}, duration {m['duration']}): {m['src']}")
     if page.startswith("notebooks/"):
         n_img = pg.evaluate("document.images.length")
         if n_img == 0:
@@ -118,6 +121,36 @@ def test_page_in_browser(server, browser, page):
         pg.screenshot(path=str(SHOTS / (page.replace("/", "_") + ".png")), full_page=False)
     ctx.close()
     assert not problems, "\n".join(problems)
+
+
+# Resolve, for each audio/video element, once its metadata is read (or it fails, or 10 s pass).
+_MEDIA_JS = """async () => Promise.all(Array.from(document.querySelectorAll('audio, video')).map(m =>
+  new Promise(resolve => {
+    const done = () => resolve({tag: m.tagName.toLowerCase(), src: (m.currentSrc || m.src || '').slice(0, 60),
+                                duration: isNaN(m.duration) ? null : m.duration,
+                                error: m.error ? m.error.code : null});
+    if (m.readyState >= 1) return done();
+    m.addEventListener('loadedmetadata', done, {once: true});
+    m.addEventListener('error', done, {once: true});
+    setTimeout(done, 10000);
+    m.preload = 'metadata';
+    m.load();
+  })))"""
+
+
+def test_chapter_14_plays_sound_and_animates():
+    """The applications chapter carries its media: <audio> elements and animated GIFs."""
+    page = HTML / "notebooks" / "14_audio_video_science.html"
+    if not (ROOT / "notebooks" / "14_audio_video_science.ipynb").exists():
+        pytest.skip("chapter 14 is not written yet")
+    html = page.read_text(encoding="utf-8")
+    assert html.count("<audio") >= 2, "chapter 14 should play real and generated notes"
+    gifs = re.findall(r'<img[^>]+src="([^"]+\.gif)"', html) + re.findall(r'src="(data:image/gif[^"]{0,40})', html)
+    assert gifs, "chapter 14 should show an animated GIF"
+    for src in gifs:
+        if not src.startswith("data:"):
+            data = (page.parent / unquote(src)).read_bytes()
+            assert data[:6] in (b"GIF87a", b"GIF89a") and data.count(b"\x21\xf9\x04") >= 2, src  # >= 2 frames
 
 
 class _Links(HTMLParser):

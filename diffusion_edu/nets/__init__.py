@@ -19,5 +19,7 @@ from .embeddings import sinusoidal_embedding
 from .mlp import TimeMLP
 from .transformer import Transformer, ar_log_prob, ar_sample
 from .unet import UNet
+from .video_unet import VideoUNet
+from .wavenet import DiffWave
 
-__all__ = ["TimeMLP", "UNet", "DiT", "Transformer", "ar_log_prob", "ar_sample", "Classifier", "sinusoidal_embedding"]
+__all__ = ["TimeMLP", "UNet", "VideoUNet", "DiffWave", "DiT", "Transformer", "ar_log_prob", "ar_sample", "Classifier", "sinusoidal_embedding"]

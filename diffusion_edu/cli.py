@@ -135,8 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="PNG file")
     s.add_argument("--save-tensor", default=None, help="also save the samples as a .pt tensor")
 
-    b = sub.add_parser("bench", help="training throughput: our UNet against diffusers.UNet2DModel")
-    b.add_argument("--config", default="digits", choices=("digits", "cifar10"))
+    b = sub.add_parser("bench", help="training throughput: our UNet against diffusers.UNet2DModel "
+                                     "(latent: UNet2DConditionModel)")
+    b.add_argument("--config", default="digits", choices=("digits", "cifar10", "latent"),
+                   help="latent: the text-conditioned latent UNet against diffusers.UNet2DConditionModel")
     b.add_argument("--device", default=None)
     b.add_argument("--batch-size", type=int, default=None)
     b.add_argument("--steps", type=int, default=None)

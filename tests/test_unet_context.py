@@ -105,3 +105,43 @@ def test_bad_context():
         net(x, 1.0, context_mask=torch.ones(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="context_dim must be None or a positive int"):
         UNet(4, 4, 32, (1, 2), 1, context_dim=0)
+
+
+def test_pooled_context_is_the_masked_mean_through_a_linear_layer(tmp_path):
+    """pooled_context=True adds W mean_j(c_j over real tokens) + b to the time embedding (Imagen):
+    checked against the formula written here by hooking the first residual block's embedding."""
+    from diffusion_edu.nets.unet import pool_context
+
+    net = _net(pooled_context=True)
+    assert net.config["pooled_context"] is True and "pooled_context" not in _net().config
+    x, t = torch.randn(3, 4, 8, 8), torch.tensor([10, 500, 990])
+    c = torch.randn(3, 4, 16)
+    m = torch.tensor([[True, True, False, False], [True, True, True, True], [False, False, False, False]])
+    want_pool = torch.stack([c[0, :2].mean(0), c[1].mean(0), torch.zeros(16)])
+    torch.testing.assert_close(pool_context(c, m, 3, 16, x), want_pool)
+    seen = []
+    hook = net.down[0][0].register_forward_hook(lambda mod, inp, out: seen.append(inp[1]))
+    out = net(x, t, context=c, context_mask=m)
+    hook.remove()
+    want_emb = net.time_embed(t) + want_pool @ net.context_pool.weight.T + net.context_pool.bias
+    torch.testing.assert_close(seen[0], want_emb, rtol=1e-5, atol=1e-5)
+    # padding is still ignored exactly, and a row without tokens is the empty prompt (context=None)
+    c2 = c.clone()
+    c2[~m] = 1e3 * torch.randn(int((~m).sum()), 16)
+    torch.testing.assert_close(net(x, t, context=c2, context_mask=m), out, rtol=0, atol=1e-5)
+    # (a batch of 1 against a batch of 3: float32 round-off of differently blocked products, ~1e-5 relative)
+    torch.testing.assert_close(out[2:], net(x[2:], t[2:]), rtol=1e-5, atol=1e-5)
+    # the pooled path alone changes the output: zero every cross-attention's output projection
+    # and the prompt still matters, through the embedding
+    with torch.no_grad():
+        for mod in net.modules():
+            if isinstance(mod, CrossAttention):
+                mod.proj.weight.zero_()
+    assert (net(x[:2], t[:2], context=c[:2], context_mask=m[:2]) - net(x[:2], t[:2])).abs().max() > 1e-3
+    save_model(net, tmp_path / "p.pt")
+    torch.testing.assert_close(load_model(tmp_path / "p.pt")(x, t, context=c, context_mask=m),
+                               net(x, t, context=c, context_mask=m), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="pooled_context=True needs a context_dim"):
+        UNet(4, 4, 32, (1, 2), 1, pooled_context=True)
+    with pytest.raises(ValueError, match="pooled_context must be True or False"):
+        UNet(4, 4, 32, (1, 2), 1, context_dim=16, pooled_context="yes")

@@ -34,7 +34,11 @@ the image positions and whose keys and values are the prompt's token vectors,
 ``net(x, t, context=c, context_mask=m)`` with ``c`` of shape ``(B, tokens, d)`` and ``m`` a
 ``(B, tokens)`` bool tensor (True = a real token). Padded tokens get exactly zero attention weight;
 a row without real tokens, and ``context=None``, is the *empty prompt*: the cross-attention adds
-only its output bias, the same for every such row.
+only its output bias, the same for every such row. With ``pooled_context=True`` the mean of the
+real tokens' vectors, through a linear layer, is also added to the time embedding, as Imagen does
+(Saharia et al., 2022, Sec. 2.5: "a pooled embedding vector, added to the diffusion timestep
+embedding", beside cross-attention): a global path for what the whole prompt says (which digit),
+next to the per-position path of cross-attention. The empty prompt pools to the zero vector.
 
 Time (the rule of :mod:`diffusion_edu.nets`): with the default ``t_scale = 1`` the network expects
 the DDPM training index ``n`` in ``0 .. N-1`` (the times of a
@@ -53,7 +57,7 @@ from torch import nn
 from .embeddings import batch_times, class_labels, sinusoidal_embedding
 
 __all__ = ["UNet", "ResBlock", "SelfAttention", "CrossAttention", "Downsample", "Upsample", "TimeEmbedding",
-           "group_norm"]
+           "group_norm", "pool_context"]
 
 
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
@@ -210,6 +214,8 @@ class UNet(nn.Module):
         ``t in [0, 1]``)
     context_dim : ``None``, or the size of the prompt's token vectors: adds a
         :class:`CrossAttention` layer after every self-attention layer
+    pooled_context : with ``context_dim``, also add a linear map of the mean of the prompt's real
+        token vectors (:func:`pool_context`) to the time embedding (Imagen's pooled text embedding)
 
     Examples
     --------
@@ -224,7 +230,7 @@ class UNet(nn.Module):
         channel_mults: tuple[int, ...] = (1, 2, 2), num_res_blocks: int = 2,
         attention_resolutions: tuple[int, ...] = (2,), dropout: float = 0.0,
         num_classes: int | None = None, *, head_channels: int = 32, t_scale: float = 1.0,
-        context_dim: int | None = None,
+        context_dim: int | None = None, pooled_context: bool = False,
     ):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -247,6 +253,10 @@ class UNet(nn.Module):
             raise ValueError(f"num_classes must be None or a positive int, got {num_classes!r}")
         if context_dim is not None and (not isinstance(context_dim, int) or context_dim < 1):
             raise ValueError(f"context_dim must be None or a positive int, got {context_dim!r}")
+        if pooled_context not in (True, False):
+            raise ValueError(f"pooled_context must be True or False, got {pooled_context!r}")
+        if pooled_context and context_dim is None:
+            raise ValueError("pooled_context=True needs a context_dim (the prompt's token width)")
         self.context_dim = context_dim
         self.config = dict(
             in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
@@ -256,6 +266,8 @@ class UNet(nn.Module):
         )
         if context_dim is not None:  # only when used, so older configs stay valid
             self.config["context_dim"] = context_dim
+        if pooled_context:
+            self.config["pooled_context"] = True
         self.in_channels, self.out_channels, self.num_classes = in_channels, out_channels, num_classes
         self.levels = len(channel_mults)
         emb_dim = 4 * base_channels
@@ -263,6 +275,8 @@ class UNet(nn.Module):
         self.time_embed = TimeEmbedding(base_channels, emb_dim, t_scale)
         # one extra row: the null class of classifier-free guidance
         self.class_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        # the mean of the prompt's token vectors -> the time embedding (Imagen's pooled text embedding)
+        self.context_pool = nn.Linear(context_dim, emb_dim) if pooled_context else None
 
         def block(cin, cout, ds):
             layers = nn.ModuleList([ResBlock(cin, cout, emb_dim, dropout)])
@@ -326,6 +340,8 @@ class UNet(nn.Module):
         elif y is not None:
             raise ValueError("y was given but this UNet is unconditional (num_classes=None)")
         ctx = self._check_context(context, context_mask, B)
+        if self.context_pool is not None:
+            emb = emb + self.context_pool(pool_context(*ctx, B, self.context_dim, emb))  # (B, 4 base)
 
         h = self.input_conv(x)  # (B, base, H, W)
         skips = [h]
@@ -354,6 +370,16 @@ class UNet(nn.Module):
             raise ValueError(f"context_mask must be a {tuple(context.shape[:2])} bool tensor (True = a real token), "
                              f"got {mask.dtype} {tuple(mask.shape)}")
         return context, mask
+
+
+def pool_context(context: torch.Tensor | None, mask: torch.Tensor | None, batch: int, dim: int,
+                 like: torch.Tensor) -> torch.Tensor:
+    """The mean of the real tokens' vectors, ``(B, dim)``: ``sum_j m_j c_j / max(1, sum_j m_j)``.
+    Padding is ignored exactly; a row without real tokens, and ``context=None``, gives zeros."""
+    if context is None:
+        return like.new_zeros(batch, dim)
+    m = mask.to(context.dtype)[..., None]  # (B, L, 1)
+    return (context * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
 def _run(layers: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor, ctx=(None, None)) -> torch.Tensor:

@@ -43,6 +43,7 @@ import torch
 from torch.func import jacrev
 
 from .denoiser import Denoiser
+from .utils import as_batch_time
 
 __all__ = ["denoiser_jacobian", "shrinkage_spectrum", "effective_dimension", "asymmetry", "MAX_DIM"]
 
@@ -90,7 +91,7 @@ def denoiser_jacobian(denoiser: Denoiser, x: torch.Tensor, t: float | torch.Tens
                          f"got D = {D} for dims {dims}")
     if not torch.isfinite(x).all():
         raise ValueError("x must be finite, got NaN or inf")
-    ts = _batch_times(t, len(x))  # (B,) float64 on the CPU
+    ts = _per_input(t, len(x), "t")  # (B,) float64 on the CPU
 
     def x0_flat(x_flat: torch.Tensor, tb: torch.Tensor) -> torch.Tensor:  # (D,) -> (D,)
         return denoiser.x0(x_flat.reshape(1, *dims), tb.reshape(1)).reshape(D)
@@ -128,7 +129,7 @@ def shrinkage_spectrum(J: torch.Tensor, alpha: float | torch.Tensor = 1.0) -> tu
     ([0.375, 0.125], [0.0, 1.0])
     """
     Jb, single = _check_jacobian(J)
-    a = _check_alpha(alpha, len(Jb))  # (B,)
+    a = _per_input(alpha, len(Jb), "alpha", positive=True)  # (B,)
     sym = 0.5 * (Jb + Jb.transpose(1, 2)) * a[:, None, None]  # (B, D, D)
     values, vectors = torch.linalg.eigh(sym)  # increasing
     values, vectors = values.flip(-1), vectors.flip(-1)  # largest first
@@ -152,7 +153,7 @@ def effective_dimension(J: torch.Tensor, alpha: float | torch.Tensor = 1.0) -> t
     tensor(1.5000, dtype=torch.float64)
     """
     Jb, single = _check_jacobian(J)
-    d = _check_alpha(alpha, len(Jb)) * Jb.diagonal(dim1=1, dim2=2).sum(-1)  # (B,)
+    d = _per_input(alpha, len(Jb), "alpha", positive=True) * Jb.diagonal(dim1=1, dim2=2).sum(-1)  # (B,)
     return d[0] if single else d
 
 
@@ -182,18 +183,15 @@ def asymmetry(J: torch.Tensor) -> torch.Tensor:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _batch_times(t, batch: int) -> torch.Tensor:
-    """``t`` (a number, a 0-d or a ``(B,)`` tensor) as a ``(B,)`` float64 CPU tensor."""
-    if isinstance(t, bool) or not (isinstance(t, (int, float)) or torch.is_tensor(t)):
-        raise ValueError(f"t must be a float or a ({batch},) tensor of times, got {type(t).__name__}")
-    tt = torch.as_tensor(t).detach().to("cpu", torch.float64)
-    if tt.ndim == 0:
-        tt = tt.expand(batch)
-    if tt.shape != (batch,):
-        raise ValueError(f"t must be a float or a ({batch},) tensor of times, got shape {tuple(tt.shape)}")
-    if not torch.isfinite(tt).all():
-        raise ValueError("t must be finite, got NaN or inf")
-    return tt
+def _per_input(v, batch: int, name: str, *, positive: bool = False) -> torch.Tensor:
+    """``v`` (a number, a 0-d or a ``(B,)`` tensor) as a ``(B,)`` float64 CPU tensor
+    (:func:`~diffusion_edu.utils.as_batch_time`), finite and, with ``positive``, above zero."""
+    if isinstance(v, bool) or not (isinstance(v, (int, float)) or torch.is_tensor(v)):
+        raise ValueError(f"{name} must be a float or a ({batch},) tensor, got {type(v).__name__}")
+    v = as_batch_time(v.detach() if torch.is_tensor(v) else v, batch, device="cpu", dtype=torch.float64, name=name)
+    if positive and not (v > 0).all():
+        raise ValueError(f"{name} must be positive, got {v.tolist()[:4]}")
+    return v
 
 
 def _check_jacobian(J) -> tuple[torch.Tensor, bool]:
@@ -206,15 +204,3 @@ def _check_jacobian(J) -> tuple[torch.Tensor, bool]:
     single = J.ndim == 2
     Jb = (J[None] if single else J).detach().to(torch.float64)
     return Jb, single
-
-
-def _check_alpha(alpha, batch: int) -> torch.Tensor:
-    """``alpha`` as a ``(B,)`` float64 tensor of positive finite values on the CPU."""
-    if isinstance(alpha, bool) or not (isinstance(alpha, (int, float)) or torch.is_tensor(alpha)):
-        raise ValueError(f"alpha must be a positive float or a ({batch},) tensor, got {type(alpha).__name__}")
-    a = torch.as_tensor(alpha).detach().to("cpu", torch.float64)
-    if a.ndim == 0:
-        a = a.expand(batch)
-    if a.shape != (batch,) or not torch.isfinite(a).all() or not (a > 0).all():
-        raise ValueError(f"alpha must be positive and finite, a float or a ({batch},) tensor, got {alpha!r}")
-    return a

@@ -118,7 +118,7 @@ def test_pooled_context_is_the_masked_mean_through_a_linear_layer(tmp_path):
     c = torch.randn(3, 4, 16)
     m = torch.tensor([[True, True, False, False], [True, True, True, True], [False, False, False, False]])
     want_pool = torch.stack([c[0, :2].mean(0), c[1].mean(0), torch.zeros(16)])
-    torch.testing.assert_close(pool_context(c, m, 3, 16, x), want_pool)
+    torch.testing.assert_close(pool_context(c, m), want_pool)
     seen = []
     hook = net.down[0][0].register_forward_hook(lambda mod, inp, out: seen.append(inp[1]))
     out = net(x, t, context=c, context_mask=m)

@@ -341,7 +341,8 @@ class UNet(nn.Module):
             raise ValueError("y was given but this UNet is unconditional (num_classes=None)")
         ctx = self._check_context(context, context_mask, B)
         if self.context_pool is not None:
-            emb = emb + self.context_pool(pool_context(*ctx, B, self.context_dim, emb))  # (B, 4 base)
+            pooled = emb.new_zeros(B, self.context_dim) if ctx[0] is None else pool_context(*ctx)  # (B, d)
+            emb = emb + self.context_pool(pooled)  # (B, 4 base)
 
         h = self.input_conv(x)  # (B, base, H, W)
         skips = [h]
@@ -372,12 +373,9 @@ class UNet(nn.Module):
         return context, mask
 
 
-def pool_context(context: torch.Tensor | None, mask: torch.Tensor | None, batch: int, dim: int,
-                 like: torch.Tensor) -> torch.Tensor:
-    """The mean of the real tokens' vectors, ``(B, dim)``: ``sum_j m_j c_j / max(1, sum_j m_j)``.
-    Padding is ignored exactly; a row without real tokens, and ``context=None``, gives zeros."""
-    if context is None:
-        return like.new_zeros(batch, dim)
+def pool_context(context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of the real tokens' vectors, ``(B, d)``: ``sum_j m_j c_j / max(1, sum_j m_j)``.
+    Padding is ignored exactly; a row without real tokens gives zeros (the empty prompt)."""
     m = mask.to(context.dtype)[..., None]  # (B, L, 1)
     return (context * m).sum(1) / m.sum(1).clamp(min=1.0)
 
